@@ -1,0 +1,154 @@
+"""Device mesh, the one logical-axis rules table, and NamedShardings for params and batches.
+
+Mesh axes: ("data", "fsdp", "tensor"). Batches split over data x fsdp; parameters are sharded by
+their logical axis names (set by the model code) through `RULES`. `jax.jit` with explicit
+in/out shardings over this mesh is the modern spelling of pjit.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical parameter axis -> mesh axis. FSDP shards the embedding dimension of every matrix;
+# tensor parallelism splits heads, MLP width and vocabulary. Unlisted names are replicated.
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+)
+
+
+def maybe_initialize_distributed() -> bool:
+    """Start JAX's multi-controller runtime when a launcher set it up; a no-op on one host.
+
+    Recognised: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (explicit, also used
+    by our tests with CPU collectives), SLURM (srun) and TPU VM pods, which jax auto-detects.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+        return True
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()  # cluster auto-detection reads the SLURM variables
+        return True
+    if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """Mesh with axes (data, fsdp, tensor). One size may be -1: it takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {sizes}")
+    if any(v == 0 or v < -1 for v in sizes.values()):
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(
+                f"mesh: {len(devices)} devices do not divide by the fixed axes {sizes} "
+                f"(product {fixed})"
+            )
+        sizes[free[0]] = len(devices) // fixed
+    total = math.prod(sizes.values())
+    if total > len(devices):
+        raise ValueError(f"mesh: {sizes} needs {total} devices but only {len(devices)} exist")
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    try:  # topology-aware placement on real accelerators
+        grid = mesh_utils.create_device_mesh(shape, devices[:total])
+    except Exception:  # e.g. a subset of devices; a plain reshape is always valid
+        grid = np.asarray(devices[:total]).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(
+    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=RULES
+) -> P:
+    """PartitionSpec for one array from its logical axis names.
+
+    A dimension stays replicated when its mesh axis is absent, has size 1, is already used by an
+    earlier dimension of the same array, or does not divide the dimension (e.g. 3 KV heads on a
+    tensor axis of 2): correctness first, the rule table says what is wanted where it fits.
+    """
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {tuple(names)} do not match array shape {tuple(shape)}")
+    table: Mapping[str, str | None] = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape):
+        axis = table.get(name) if name is not None else None
+        if axis is None or axis in used or mesh.shape.get(axis, 1) == 1 or dim % mesh.shape[axis]:
+            spec.append(None)
+            continue
+        used.add(axis)
+        spec.append(axis)
+    return P(*spec)
+
+
+def param_shardings(logical_axes, shapes, mesh: Mesh, rules=RULES):
+    """NamedSharding pytree for params.
+
+    logical_axes: pytree whose leaves are tuples of logical names (None for an unnamed axis);
+    shapes: a matching pytree of arrays or ShapeDtypeStructs.
+    """
+    names_leaves, treedef = jax.tree.flatten(
+        logical_axes, is_leaf=lambda x: isinstance(x, tuple) or x is None
+    )
+    shape_leaves = treedef.flatten_up_to(shapes)
+    out = []
+    for names, leaf in zip(names_leaves, shape_leaves):
+        shape = np.shape(leaf)
+        names = names if names is not None else (None,) * len(shape)
+        out.append(NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules)))
+    return jax.tree.unflatten(treedef, out)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, leading: int = 0) -> NamedSharding:
+    """Shard the batch dimension (after `leading` unsharded dims, e.g. gradient accumulation)."""
+    return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
+
+
+def batch_divisor(mesh: Mesh) -> int:
+    """Global batch sizes must be multiples of this (the data-parallel width)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0):
+    """Host-local numpy batch -> global jax.Arrays sharded over (data, fsdp).
+
+    Single process: the batch is the global batch. Multi-host: each process passes its own slice
+    (global batch / process_count rows) and the global array is assembled without copies across
+    hosts (make_array_from_process_local_data).
+    """
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        sharding = batch_sharding(mesh, value.ndim, leading) if value.ndim > leading else replicated(mesh)
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out

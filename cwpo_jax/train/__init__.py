@@ -1,0 +1,1 @@
+"""The training engine: optimizer, train state, pure step functions, checkpoints, the loop."""

@@ -1,0 +1,103 @@
+"""Jitted step functions, kept apart from the loop: train (with gradient accumulation), eval.
+
+A task is `task(model, batch) -> (numerator, denominator, metrics)` (see tasks.py). Batches fed to
+the train step carry a leading micro-batch axis [A, ...]; the step scans over it, sums numerators,
+denominators and gradients, and applies one optimizer update, so A micro-batches of size b give
+exactly the update of one batch of size A * b.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cwpo_jax import sharding
+from cwpo_jax.train.state import TrainState, merge_model
+
+
+def _loss_and_aux(graphdef, task, compute_dtype):
+    def fn(params, frozen, mutable, batch):
+        model = merge_model(graphdef, params, frozen, mutable, compute_dtype)
+        numerator, denominator, metrics = task(model, batch)
+        new_mutable = nnx.state(model, nnx.Not(nnx.Param))
+        return numerator, (denominator, metrics, new_mutable)
+
+    return fn
+
+
+def _where_tree(pred, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransformation, *,
+                    schedule: optax.Schedule | None = None, compute_dtype=None):
+    """step(state, frozen, batch) -> (state, metrics). Not jitted; see `jit_train_step`.
+
+    A step whose loss or gradient norm is not finite leaves the state unchanged and reports
+    metrics["finite"] = 0, so the loop can stop with the last good state intact.
+    """
+    loss_fn = _loss_and_aux(graphdef, task, compute_dtype)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, frozen, batch):
+        def micro_step(carry, micro_batch):
+            grads, numerator, denominator, mutable = carry
+            (num, (den, metrics, mutable)), g = grad_fn(state.params, frozen, mutable, micro_batch)
+            grads = jax.tree.map(jnp.add, grads, g)
+            return (grads, numerator + num, denominator + den, mutable), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.float32(0), jnp.float32(0), state.mutable)
+        (grads, numerator, denominator, mutable), metrics = jax.lax.scan(micro_step, init, batch)
+        denominator = jnp.where(denominator > 0, denominator, 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        loss = numerator / denominator
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(state.step + 1, params, opt_state, mutable)
+        new_state = _where_tree(finite, new_state, state)
+        out = {k: jnp.mean(v) for k, v in metrics.items()}
+        out.update(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+        if schedule is not None:
+            out["learning_rate"] = schedule(state.step)
+        return new_state, out
+
+    return step
+
+
+def batch_spec(leading: int) -> P:
+    """Shard dimension `leading` of every batch leaf over (data, fsdp); earlier dims replicated."""
+    return P(*([None] * leading), sharding.BATCH_AXES)
+
+
+def jit_train_step(step, mesh: Mesh, state_shardings, frozen_shardings):
+    """jax.jit with explicit shardings; the state is donated (updated in place)."""
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, frozen_shardings, NamedSharding(mesh, batch_spec(1))),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(graphdef, task: Callable, mesh: Mesh, param_shardings, frozen_shardings,
+                   compute_dtype=None):
+    """Jitted eval(params, frozen, mutable, batch) -> (numerator, denominator, metrics)."""
+    loss_fn = _loss_and_aux(graphdef, task, compute_dtype)
+
+    def evaluate(params, frozen, mutable, batch):
+        numerator, (denominator, metrics, _) = loss_fn(params, frozen, mutable, batch)
+        return numerator, denominator, metrics
+
+    return jax.jit(
+        evaluate,
+        in_shardings=(param_shardings, frozen_shardings, sharding.replicated(mesh),
+                      NamedSharding(mesh, batch_spec(0))),
+        out_shardings=sharding.replicated(mesh),
+    )

@@ -1,0 +1,79 @@
+"""Per-task losses on a merged model and one batch: pure functions, no optimizer, no I/O.
+
+Every task returns (numerator, denominator, metrics): the loss is numerator / denominator, and
+since the denominator never depends on the parameters, summing numerators, denominators and
+gradients over micro-batches gives exactly the large-batch result (gradient accumulation).
+
+Batch keys (from cwpo_jax.data): input_ids, attention_mask, response_mask [N, T]; pair batches
+stack chosen rows [:B] over rejected rows [B:]. Pair-level keys are [B]: weights, valid,
+ref_logps ([2B], the cached reference log-probs in the same row order).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cwpo_jax import losses
+
+
+def response_logprobs(model, batch, *, chunk_size: int = 0):
+    """Summed log-probs of each row's response tokens, [N], and their counts [N].
+
+    Position t of the hidden states predicts token t + 1. chunk_size > 0 uses the chunked path
+    (no [N, T, V] logits); 0 projects all positions at once.
+    """
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["response_mask"][:, 1:]
+    head = model.lm_head_matrix()
+    if chunk_size:
+        return losses.chunked_sequence_logprobs(hidden, head, targets, mask, chunk_size=chunk_size)
+    logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    return losses.sequence_logprobs(logits, targets, mask)
+
+
+def split_pairs(x):
+    half = x.shape[0] // 2
+    return x[:half], x[half:]
+
+
+def preference_task(model, batch, *, pair_loss, beta: float, normalize: bool = False,
+                    chunk_size: int = 0):
+    """CW-PO: numerator/denominator of mean(w * l) (or sum(w l)/sum(w) when normalize)."""
+    logp, n_tokens = response_logprobs(model, batch, chunk_size=chunk_size)
+    policy_chosen, policy_rejected = split_pairs(logp)
+    ref_chosen, ref_rejected = split_pairs(batch["ref_logps"])
+    n_chosen, n_rejected = split_pairs(n_tokens)
+    per_pair = pair_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen,
+                         n_rejected)
+    numerator, denominator = losses.weighted_sum_and_count(
+        per_pair, batch["weights"], normalize=normalize, valid=batch["valid"])
+    metrics = losses.preference_metrics(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta,
+        weights=batch["weights"], valid=batch["valid"])
+    return numerator, denominator, metrics
+
+
+def reward_task(model, batch, *, margin: float = 0.0):
+    """Bradley-Terry reward-model training: model(input_ids, attention_mask) -> scores [2B]."""
+    scores = model(batch["input_ids"], batch["attention_mask"]).astype(jnp.float32)
+    chosen, rejected = split_pairs(scores)
+    per_pair = losses.bradley_terry_loss(chosen, rejected, margin=margin)
+    valid = batch["valid"].astype(jnp.float32)
+    numerator, denominator = losses.weighted_sum_and_count(per_pair, jnp.ones_like(valid),
+                                                           valid=valid)
+    correct = (chosen > rejected).astype(jnp.float32)
+    metrics = {
+        "accuracy": losses.weighted_mean(correct, valid, normalize=True),
+        "reward_margin": losses.weighted_mean(chosen - rejected, valid, normalize=True),
+    }
+    return numerator, denominator, metrics
+
+
+def sft_task(model, batch, *, chunk_size: int = 0):
+    """Token-level negative log-likelihood of response tokens (mean over all response tokens)."""
+    logp, n_tokens = response_logprobs(model, batch, chunk_size=chunk_size)
+    valid = batch["valid"].astype(jnp.float32)
+    numerator = -jnp.sum(logp * valid)
+    denominator = jnp.sum(n_tokens * valid)
+    return numerator, denominator, {"tokens": denominator}
