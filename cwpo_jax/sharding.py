@@ -140,15 +140,20 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0):
-    """Host-local numpy batch -> global jax.Arrays sharded over (data, fsdp).
+    """Global numpy batch -> jax.Arrays sharded over (data, fsdp) along dimension `leading`.
 
-    Single process: the batch is the global batch. Multi-host: each process passes its own slice
-    (global batch / process_count rows) and the global array is assembled without copies across
-    hosts (make_array_from_process_local_data).
+    Every process passes the same global batch (the feeders are deterministic functions of seed
+    and step), and each transfers only the shards its own devices hold. This keeps the pair
+    layout (chosen rows [:B], rejected rows [B:]) intact across hosts, which per-host row slices
+    concatenated by make_array_from_process_local_data would interleave.
     """
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
         sharding = batch_sharding(mesh, value.ndim, leading) if value.ndim > leading else replicated(mesh)
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
+        if value.ndim > leading and value.shape[leading] % batch_divisor(mesh):
+            raise ValueError(
+                f"batch[{key!r}] has {value.shape[leading]} rows on axis {leading}, not divisible "
+                f"by the data-parallel size {batch_divisor(mesh)} (mesh data x fsdp)")
+        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
     return out

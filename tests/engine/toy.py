@@ -62,3 +62,16 @@ def pair_batch(seed, pairs=8, length=12, vocab=32):
         "valid": np.ones(pairs, np.float32),
         "ref_logps": (-rng.random(2 * pairs) * 20).astype(np.float32),
     }
+
+
+def tokenized_pairs(n=20, vocab=32, seed=0):
+    from cwpo_jax.data.tokenize import TokenizedPair
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(n):
+        prompt = rng.integers(1, vocab, rng.integers(2, 6)).astype(np.int32)
+        chosen = rng.integers(1, vocab, rng.integers(1, 8)).astype(np.int32)
+        rejected = rng.integers(1, vocab, rng.integers(1, 8)).astype(np.int32)
+        items.append(TokenizedPair(prompt, chosen, rejected))
+    return items

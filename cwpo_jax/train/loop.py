@@ -1,0 +1,120 @@
+"""The training loop: feed batches, step, log, checkpoint, resume, stop on NaN or SIGTERM."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import jax
+import numpy as np
+
+from cwpo_jax import sharding
+from cwpo_jax.train.checkpoint import Checkpointer
+from cwpo_jax.train.feeder import count_tokens
+from cwpo_jax.train.metrics import MetricsLogger
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradient norm became NaN/inf; the state from before that step is kept."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint of the last finished step was written."""
+
+
+class BatchIterator(Protocol):
+    """Host-local batches (dicts of numpy arrays, leading micro-batch axis) with resumable state."""
+
+    def __next__(self) -> dict: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag checked between steps, so the step in flight finishes first."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+@dataclass
+class LoopConfig:
+    num_steps: int
+    log_every: int = 1
+    save_every: int = 0  # 0: only at the end (and on SIGTERM)
+    name: str = "train"
+
+
+def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, config: LoopConfig,
+          checkpointer: Checkpointer, logger: MetricsLogger,
+          tokens_in_batch: Callable[[dict], tuple[int, int]] = count_tokens,
+          flops_per_token: float = 0.0, peak_flops: float = 0.0,
+          extra_state: Callable[[], dict] = dict):
+    """Run until config.num_steps. Resumes from the newest checkpoint in `checkpointer` if any.
+
+    tokens_in_batch(batch) -> (real tokens, padded tokens) for throughput; MFU is
+    flops_per_token * real tokens/s / peak_flops. Returns the final state.
+    """
+    step = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, extra, step = checkpointer.restore(state)
+        batches.set_state(extra["data"])
+        print(f"[{config.name}] resumed from {checkpointer.directory}/{step}", file=sys.stderr)
+    if step >= config.num_steps:
+        return state
+
+    def save(at_step):
+        checkpointer.save(at_step, state, {"data": batches.get_state(), **extra_state()})
+
+    window_tokens, window_padded, window_start = 0, 0, time.perf_counter()
+    with PreemptionGuard() as guard:
+        while step < config.num_steps:
+            host_batch = next(batches)
+            real, padded = tokens_in_batch(host_batch)
+            state, metrics = step_fn(state, frozen, sharding.shard_batch(host_batch, mesh, 1))
+            window_tokens += real
+            window_padded += padded
+            if not float(metrics["finite"]):
+                kept = checkpointer.latest_step()
+                raise NonFiniteError(
+                    f"[{config.name}] step {step + 1}: loss {float(metrics['loss'])} / grad norm "
+                    f"{float(metrics['grad_norm'])} is not finite; stopped without applying it. "
+                    f"Last good checkpoint: "
+                    f"{'none' if kept is None else f'{checkpointer.directory}/{kept}'}")
+            step += 1
+            if step % config.log_every == 0 or step == config.num_steps:
+                jax.block_until_ready(metrics)
+                elapsed = time.perf_counter() - window_start
+                record = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                record["tokens_per_s"] = window_tokens / elapsed
+                record["padded_tokens_per_s"] = window_padded / elapsed
+                if flops_per_token and peak_flops:
+                    record["mfu"] = flops_per_token * record["tokens_per_s"] / peak_flops
+                logger.log(step, record)
+                window_tokens, window_padded, window_start = 0, 0, time.perf_counter()
+            if config.save_every and step % config.save_every == 0:
+                save(step)
+            if guard.requested:
+                save(step)
+                raise Preempted(f"[{config.name}] SIGTERM: checkpoint written at step {step} in "
+                                f"{checkpointer.directory}; rerun the same command to resume")
+    if checkpointer.latest_step() != step:
+        save(step)
+    return state

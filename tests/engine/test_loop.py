@@ -1,0 +1,126 @@
+"""The loop: exact resume, SIGTERM checkpoint, NaN stop, metrics file."""
+import functools
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cwpo_jax import losses, sharding
+from cwpo_jax.data.batching import collate_pairs
+from cwpo_jax.train import loop, optim, steps, tasks
+from cwpo_jax.train.checkpoint import Checkpointer
+from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.metrics import MetricsLogger
+from cwpo_jax.train.state import init_train_state, split_model
+
+from tests.engine.toy import ToyLM, tokenized_pairs
+
+ITEMS = tokenized_pairs(20)
+REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
+
+
+def collate(index):
+    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0)
+    idx = np.maximum(batch["pair_index"], 0)
+    batch["ref_logps"] = np.concatenate([REF[idx], REF[20 + idx]])
+    return batch
+
+
+class FaultyFeeder(EpochFeeder):
+    """While producing the batch of step `kill_at` sends SIGTERM to this process; the batch of
+    step `nan_at` gets NaN reference log-probs."""
+
+    kill_at = nan_at = None
+    produced = 0
+
+    def __next__(self):
+        out = super().__next__()
+        self.produced += 1
+        if self.produced == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.produced == self.nan_at:
+            out["ref_logps"][:] = np.nan
+        return out
+
+
+def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2):
+    mesh = sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2])
+    parts = split_model(ToyLM(rngs=nnx.Rngs(0)))
+    optimizer, schedule = optim.make_optimizer(learning_rate=5e-2, total_steps=8, warmup_steps=1)
+    state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
+    task = functools.partial(tasks.preference_task, pair_loss=losses.pair_loss_fn("dpo", beta=0.5),
+                             beta=0.5, chunk_size=4)
+    step = steps.jit_train_step(
+        steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule),
+        mesh, state_sh, frozen_sh)
+    feeder = FaultyFeeder([p.length for p in ITEMS], collate, batch_size=4, micro_batches=2,
+                          seed=3)
+    feeder.kill_at, feeder.nan_at = kill_at, nan_at
+    ckpt = Checkpointer(os.path.join(workdir, "ckpt"), keep=2)
+    logger = MetricsLogger(workdir, name="test", total_steps=num_steps, tensorboard=False)
+    try:
+        return loop.train(step_fn=step, state=state, frozen=frozen, batches=feeder, mesh=mesh,
+                          config=loop.LoopConfig(num_steps=num_steps, save_every=save_every),
+                          checkpointer=ckpt, logger=logger)
+    finally:
+        logger.close()
+
+
+def losses_by_step(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("full"))
+    state = run(d, 8)
+    return d, state
+
+
+def test_resume_after_stop_gives_identical_losses(uninterrupted, tmp_path):
+    full_dir, full_state = uninterrupted
+    d = str(tmp_path)
+    run(d, 5, save_every=2)  # stops after step 5; checkpoints at 2, 4, 5
+    state = run(d, 8)  # resumes from 5
+    want = losses_by_step(full_dir)
+    got = losses_by_step(d)
+    assert sorted(got) == list(range(1, 9))
+    for s in range(1, 9):
+        assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-7), s
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(full_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_writes_checkpoint_and_resume_matches(uninterrupted, tmp_path):
+    full_dir, _ = uninterrupted
+    d = str(tmp_path)
+    with pytest.raises(loop.Preempted, match="step 3"):
+        run(d, 8, kill_at=3, save_every=0)
+    assert Checkpointer(os.path.join(d, "ckpt")).latest_step() == 3
+    run(d, 8, save_every=0)
+    want, got = losses_by_step(full_dir), losses_by_step(d)
+    for s in range(4, 9):
+        assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-7), s
+
+
+def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    d = str(tmp_path)
+    with pytest.raises(loop.NonFiniteError, match=r"step 4: .*Last good checkpoint: .*ckpt/2"):
+        run(d, 8, nan_at=4, save_every=2)
+    ckpt = Checkpointer(os.path.join(d, "ckpt"))
+    assert ckpt.latest_step() == 2
+
+
+def test_metrics_have_throughput_and_lr(uninterrupted):
+    full_dir, _ = uninterrupted
+    with open(os.path.join(full_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 8
+    for key in ("loss", "grad_norm", "learning_rate", "tokens_per_s", "reward_accuracy"):
+        assert key in records[0]
+    assert records[0]["learning_rate"] == 0.0 and records[1]["learning_rate"] > 0
