@@ -47,8 +47,8 @@ class FaultyFeeder(EpochFeeder):
         return out
 
 
-def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2):
-    mesh = sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2])
+def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2, mesh=None):
+    mesh = mesh or sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2])
     parts = split_model(ToyLM(rngs=nnx.Rngs(0)))
     optimizer, schedule = optim.make_optimizer(learning_rate=5e-2, total_steps=8, warmup_steps=1)
     state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
