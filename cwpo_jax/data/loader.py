@@ -63,20 +63,42 @@ class BatchPlan:
     return self._plan(k // self.per_epoch)[k % self.per_epoch]
 
 
-def _dataset(lengths, collate: Callable, *, batch_size, seed, num_epochs, shuffle, window,
-             drop_remainder) -> grain.MapDataset:
+def _host_collate(index: np.ndarray, *, collate: Callable, lengths: np.ndarray,
+                  buckets: tuple[int, ...], batch_size: int, shard: tuple[int, int]) -> dict:
+  """This host's rows of a global batch. The length bucket comes from the whole global batch,
+  so every host returns the same [rows, T] and the per-host arrays form one global array."""
+  host, hosts = shard
+  local = batch_size // hosts
+  t = batching.bucket_length(int(lengths[index].max()) if len(index) else 1, buckets)
+  mine = index[host * local:(host + 1) * local]
+  return collate(mine, batch_size=local, buckets=(t,))
+
+
+def _dataset(lengths, collate: Callable, *, batch_size, buckets, seed, num_epochs, shuffle,
+             window, drop_remainder, shard) -> grain.MapDataset:
+  lengths = np.asarray(lengths)
   plan = BatchPlan(lengths, batch_size, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
                    window=window, drop_remainder=drop_remainder)
-  return grain.MapDataset.source(plan).map(collate)
+  host, hosts = shard
+  if not (0 <= host < hosts and batch_size % hosts == 0):
+    raise ValueError(f"shard {shard}: need 0 <= index < count and batch_size ({batch_size}) "
+                     "divisible by the count")
+  fn = functools.partial(_host_collate, collate=collate, lengths=lengths,
+                         buckets=tuple(buckets), batch_size=batch_size, shard=shard)
+  return grain.MapDataset.source(plan).map(fn)
 
 
 def pair_dataset(items: Sequence[TokenizedPair], *, batch_size: int, buckets: Sequence[int],
                  pad_id: int, seed: int = 0, num_epochs: int = 1, shuffle: bool = True,
                  window: int = 32, drop_remainder: bool = False,
-                 swap: np.ndarray | None = None, weights: np.ndarray | None = None
-                 ) -> grain.MapDataset:
+                 swap: np.ndarray | None = None, weights: np.ndarray | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """Pair batches (see batching.collate_pairs). swap [N] bool and weights [N] float32 are
-  indexed like `items` (CW-PO: weak-label orientation and confidence)."""
+  indexed like `items` (CW-PO: weak-label orientation and confidence).
+
+  shard=(jax.process_index(), jax.process_count()): every host runs the same plan and returns
+  rows [i*B/n, (i+1)*B/n) of each global batch of B pairs, all with the global batch's length.
+  """
   n = len(items)
   if swap is not None:
     swap = batching._check_alignment("swap", swap, n).astype(bool)
@@ -84,31 +106,34 @@ def pair_dataset(items: Sequence[TokenizedPair], *, batch_size: int, buckets: Se
     weights = batching._check_alignment("weights", weights, n).astype(np.float32)
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
       raise ValueError("weights must be finite and >= 0")
-  collate = functools.partial(batching.collate_pairs, items, batch_size=batch_size,
-                              buckets=tuple(buckets), pad_id=pad_id, swap=swap, weights=weights)
-  return _dataset([p.length for p in items], collate, batch_size=batch_size, seed=seed,
-                  num_epochs=num_epochs, shuffle=shuffle, window=window,
-                  drop_remainder=drop_remainder)
+  collate = functools.partial(batching.collate_pairs, items, pad_id=pad_id, swap=swap,
+                              weights=weights)
+  return _dataset([p.length for p in items], collate, batch_size=batch_size, buckets=buckets,
+                  seed=seed, num_epochs=num_epochs, shuffle=shuffle, window=window,
+                  drop_remainder=drop_remainder, shard=shard)
 
 
 def sequence_dataset(items: Sequence[TokenizedSequence], *, batch_size: int,
                      buckets: Sequence[int], pad_id: int, seed: int = 0, num_epochs: int = 1,
                      shuffle: bool = True, window: int = 32, drop_remainder: bool = False,
-                     weights: np.ndarray | None = None) -> grain.MapDataset:
-  """Single-sequence batches (SFT, scoring; see batching.collate_sequences)."""
+                     weights: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)
+                     ) -> grain.MapDataset:
+  """Single-sequence batches (SFT, scoring; see batching.collate_sequences); shard as in
+  pair_dataset."""
   if weights is not None:
     weights = batching._check_alignment("weights", weights, len(items)).astype(np.float32)
-  collate = functools.partial(batching.collate_sequences, items, batch_size=batch_size,
-                              buckets=tuple(buckets), pad_id=pad_id, weights=weights)
-  return _dataset([s.length for s in items], collate, batch_size=batch_size, seed=seed,
-                  num_epochs=num_epochs, shuffle=shuffle, window=window,
-                  drop_remainder=drop_remainder)
+  collate = functools.partial(batching.collate_sequences, items, pad_id=pad_id,
+                              weights=weights)
+  return _dataset([s.length for s in items], collate, batch_size=batch_size, buckets=buckets,
+                  seed=seed, num_epochs=num_epochs, shuffle=shuffle, window=window,
+                  drop_remainder=drop_remainder, shard=shard)
 
 
 def prompt_dataset(items: Sequence[TokenizedSequence], *, batch_size: int,
-                   buckets: Sequence[int], pad_id: int) -> grain.MapDataset:
+                   buckets: Sequence[int], pad_id: int, shard: tuple[int, int] = (0, 1)
+                   ) -> grain.MapDataset:
   """Left-padded prompt batches for sampling, grouped by length, one pass, no shuffle."""
-  collate = functools.partial(batching.collate_prompts, items, batch_size=batch_size,
-                              buckets=tuple(buckets), pad_id=pad_id)
-  return _dataset([len(s.prompt) for s in items], collate, batch_size=batch_size, seed=0,
-                  num_epochs=1, shuffle=False, window=1, drop_remainder=False)
+  collate = functools.partial(batching.collate_prompts, items, pad_id=pad_id)
+  return _dataset([len(s.prompt) for s in items], collate, batch_size=batch_size,
+                  buckets=buckets, seed=0, num_epochs=1, shuffle=False, window=1,
+                  drop_remainder=False, shard=shard)

@@ -219,10 +219,12 @@ def _rows_for(path_or_name: str, format: str, split: str | None, data_dir: str |
   if path_or_name.startswith("tfds:"):
     yield from tfds_rows(path_or_name, split, data_dir)
     return
-  if path_or_name.startswith("hf:"):
-    files = hub_files(path_or_name, split)
-  elif os.path.exists(path_or_name) or glob.has_magic(path_or_name):
+  if os.path.exists(path_or_name) or glob.has_magic(path_or_name):
     files = local_files(path_or_name, split)
+  elif path_or_name.startswith("hf:"):
+    files = hub_files(path_or_name, split)
+  elif path_or_name in HUB_DATASETS:  # "hh_rlhf", "tldr", "ultrafeedback": the paper's data
+    files = hub_files(HUB_DATASETS[path_or_name], split)
   else:
     raise FileNotFoundError(f"{path_or_name!r} is not a local file, folder or glob; use "
                             "'hf:owner/name' for a hub dataset or 'tfds:name' for TFDS")
@@ -234,8 +236,9 @@ def read_preferences(path_or_name: str, *, format: str, split: str | None = None
                      strict: bool = False, columns: Mapping[str, str] | None = None,
                      report: ReadReport | None = None, source: str | None = None,
                      data_dir: str | None = None) -> Iterator[PreferencePair]:
-  """Yields PreferencePair from a local file/folder/glob, 'hf:owner/name[/folder][@rev]' or
-  'tfds:name[/config]'.
+  """Yields PreferencePair from a local file/folder/glob, 'hf:owner/name[/folder][@rev]',
+  'tfds:name[/config]' (data_dir: the TFDS data dir), or a short name of the paper's hub
+  datasets (HUB_DATASETS: hh_rlhf, tldr, ultrafeedback).
 
   format:  hh_rlhf | tldr | ultrafeedback | jsonl | parquet | pairs
   split:   for folders and hub datasets, selects files by split name; for TL;DR rows that carry

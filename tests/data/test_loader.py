@@ -111,3 +111,26 @@ def test_batch_plan_pickles_and_checks_args():
     plan[len(plan)]
   with pytest.raises(ValueError, match="num_epochs"):
     BatchPlan([1], 1, seed=0, num_epochs=0, shuffle=True, window=1, drop_remainder=False)
+
+
+@pytest.mark.parametrize("kind", ["pairs", "sequences", "prompts"])
+def test_host_shards_assemble_the_global_batch(kind):
+  seqs = [TokenizedSequence(p.prompt, p.chosen) for p in ITEMS]
+  build = {
+      "pairs": lambda **kw: pair_dataset(ITEMS, buckets=(16, 32, 64), seed=7, **kw),
+      "sequences": lambda **kw: sequence_dataset(seqs, buckets=(16, 32, 64), seed=7, **kw),
+      "prompts": lambda **kw: prompt_dataset(seqs, buckets=(8, 16, 32), **kw),
+  }[kind]
+  whole = list(build(batch_size=8, pad_id=0))
+  hosts = [list(build(batch_size=8, pad_id=0, shard=(h, 2))) for h in range(2)]
+  for k, g in enumerate(whole):
+    parts = [h[k] for h in hosts]
+    for key, arr in g.items():
+      if kind == "pairs" and arr.shape[0] == 16:  # [2B, T]: chosen halves, then rejected
+        local = [np.split(p[key], 2) for p in parts]
+        got = np.concatenate([l[0] for l in local] + [l[1] for l in local])
+      else:
+        got = np.concatenate([p[key] for p in parts])
+      np.testing.assert_array_equal(got, arr, err_msg=f"batch {k} key {key}")
+  with pytest.raises(ValueError, match="divisible"):
+    build(batch_size=8, pad_id=0, shard=(0, 3))

@@ -212,6 +212,18 @@ def test_generic_parquet_with_mapping(tmp_path):
   assert rep.examples["identical_responses"] == [f"{path} row 2"]
 
 
+def test_parquet_binary_column_with_bad_utf8(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  path = tmp_path / "bin.parquet"
+  pq.write_table(pa.table({"prompt": pa.array([b"ok", b"caf\xe9"], pa.binary()),
+                           "chosen": ["a", "a"], "rejected": ["b", "b"]}), path)
+  rep = ReadReport()
+  pairs = list(read_preferences(str(path), format="parquet", report=rep))
+  assert [p.prompt[0]["content"] for p in pairs] == ["ok"]
+  assert rep.examples["undecodable_text"][0].startswith(f"{path} row 2")
+
+
 def test_bad_column_mapping_fails_before_reading():
   with pytest.raises(ValueError, match="unknown column mapping keys"):
     read_preferences(fixture("generic.jsonl"), format="jsonl", columns={"question": "q"})
@@ -289,6 +301,8 @@ def test_hub_path_lists_filters_and_downloads(tmp_path, monkeypatch):
   assert calls == [("Anthropic/hh-rlhf", None)]
   pairs, rep = load_preferences("hf:Anthropic/hh-rlhf", format="hh_rlhf", split="test")
   assert len(pairs) == 4 and rep.skipped["duplicate"] == 1 + 5  # second folder repeats rows
+  short, _ = load_preferences("hh_rlhf", format="hh_rlhf", split="train")
+  assert short == pairs and calls[-1] == ("Anthropic/hh-rlhf", None)
   assert readers.parse_hub_name(readers.HUB_DATASETS["tldr"]) == (
       "openai/summarize_from_feedback", "comparisons", "refs/convert/parquet")
   with pytest.raises(ValueError, match="owner/name"):
