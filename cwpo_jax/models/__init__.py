@@ -1,0 +1,81 @@
+"""Flax NNX model families, reward heads, LoRA, checkpoint I/O, tokenizers and sampling.
+
+Public entry points (see docs/models.md):
+  from_pretrained(path, dtype=...)              -> causal LM (or BertModel for encoder dirs)
+  reward_model_from_pretrained(path, ...)       -> RewardModel, scores [B]
+  load_tokenizer(path)                          -> tokenizer (HF dir / hub id / .gguf)
+  save_pretrained(model, path)                  -> HF config.json + model.safetensors
+  logical_axes(model)                           -> logical axis names per nnx.Param
+  generate(model, ids, mask, key=..., ...)      -> jitted KV-cache sampling
+"""
+from __future__ import annotations
+
+import os
+
+from cwpo_jax.models.bert import BertConfig, BertModel
+from cwpo_jax.models.checkpoint_hf import load_hf_model, load_hf_reward_model, save_hf
+from cwpo_jax.models.gguf_io import load_gguf_model
+from cwpo_jax.models.layers import LOGICAL_AXES, logical_axes
+from cwpo_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from cwpo_jax.models.lora import (LORA_FILTER, LoRAConfig, LoRALinear, apply_lora, has_lora,
+                                  merge_lora, trainable_filter)
+from cwpo_jax.models.opt import OPTConfig, OPTForCausalLM
+from cwpo_jax.models.reward import RewardModel
+from cwpo_jax.models.sampling import Generation, generate, sample_logits
+from cwpo_jax.models.tokenizer import load_tokenizer
+
+__all__ = [
+    "from_pretrained", "reward_model_from_pretrained", "load_tokenizer", "save_pretrained",
+    "logical_axes", "LOGICAL_AXES", "LlamaConfig", "LlamaForCausalLM", "OPTConfig",
+    "OPTForCausalLM", "BertConfig", "BertModel", "RewardModel", "LoRAConfig", "LoRALinear",
+    "LORA_FILTER", "apply_lora", "merge_lora", "has_lora", "trainable_filter", "generate",
+    "Generation", "sample_logits", "resolve_path",
+]
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+def resolve_path(path: str) -> str:
+    """Local dir / .gguf file as is; otherwise treat `path` as a hub id and download it
+    (needs network; fails with the hub's error where there is none)."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return path
+    if path.endswith(".gguf"):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id=path, allow_patterns=_HUB_PATTERNS)
+
+
+def from_pretrained(path, *, dtype="float32", param_dtype=None, **overrides):
+    """HF directory (config.json + safetensors, sharded index included), hub id, or .gguf ->
+    model. Decoders: `model(ids, mask) -> logits [B,T,V]`. `dtype` is the compute dtype,
+    `param_dtype` (default: dtype) the stored one. `overrides` replace config fields."""
+    path = resolve_path(path)
+    if path.endswith(".gguf"):
+        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype, **overrides)
+    return load_hf_model(path, dtype=dtype, param_dtype=param_dtype, **overrides)
+
+
+def reward_model_from_pretrained(path, *, dtype="float32", param_dtype=None, seed: int = 0,
+                                 **overrides):
+    """-> RewardModel, `rm(ids, mask) -> scores [B]`. Loads a one-label *ForSequenceClassification
+    head when present; otherwise a fresh small head (seeded) on the pretrained backbone."""
+    path = resolve_path(path)
+    if path.endswith(".gguf"):
+        from flax import nnx
+
+        backbone = load_gguf_model(path, dtype=dtype, param_dtype=param_dtype, **overrides)
+        return RewardModel(backbone, rngs=nnx.Rngs(seed))
+    return load_hf_reward_model(path, dtype=dtype, param_dtype=param_dtype, seed=seed,
+                                **overrides)
+
+
+def save_pretrained(model, path, *, tokenizer=None) -> None:
+    """HF-format export (LoRA merged first); `tokenizer.save_pretrained` too when given."""
+    if has_lora(model):
+        model = merge_lora(model)
+    save_hf(model, os.fspath(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(os.fspath(path))

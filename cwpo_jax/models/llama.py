@@ -1,0 +1,241 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2) in Flax NNX.
+
+One module covers the family: the differences are config fields (q/k/v bias for Qwen2, sliding
+window for Mistral, RoPE base and scaling, tied embeddings, GQA).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cwpo_jax.models import layers
+from cwpo_jax.models.base import CausalLM, default_mask
+
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def read_rope(hf: dict) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) from a transformers 4.x or 5.x config dict.
+
+    5.x nests both under `rope_parameters`; 4.x has top-level `rope_theta` and `rope_scaling`.
+    """
+    params = hf.get("rope_parameters")
+    if params:
+        if "rope_theta" not in params:
+            raise ValueError(f"config rope_parameters has no rope_theta: {params}")
+        theta = float(params["rope_theta"])
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        if "rope_theta" not in hf:
+            raise ValueError("config has neither rope_parameters nor rope_theta; refusing to "
+                             "guess the RoPE base")
+        theta = float(hf["rope_theta"])
+        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None
+    if scaling is not None:
+        if "rope_type" not in scaling and "type" in scaling:
+            scaling["rope_type"] = scaling.pop("type")
+        if scaling.get("rope_type", "default") == "default":
+            scaling = None
+    return theta, scaling
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple | None = None  # sorted (key, value) pairs; a dict is accepted
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v (and o for Llama) bias
+    o_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    sliding_windows: tuple | None = None  # per layer window or None
+    max_position_embeddings: int = 2048
+    model_type: str = "llama"
+    bos_token_id: Any = None
+    eos_token_id: Any = None
+    pad_token_id: Any = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        # Configs are static pytree metadata in NNX graphdefs, so they must be hashable.
+        rs = self.rope_scaling
+        if isinstance(rs, dict):
+            rs = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in rs.items()))
+            object.__setattr__(self, "rope_scaling", rs)
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> "LlamaConfig":
+        mt = hf.get("model_type", "llama")
+        if mt not in LLAMA_MODEL_TYPES:
+            raise ValueError(f"model_type={mt!r} is not a Llama-family model {LLAMA_MODEL_TYPES}")
+        theta, scaling = read_rope(hf)
+        heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+        n_layers = hf["num_hidden_layers"]
+        windows = None
+        if mt == "mistral" and hf.get("sliding_window"):
+            windows = (int(hf["sliding_window"]),) * n_layers
+        elif mt == "qwen2" and hf.get("use_sliding_window") and hf.get("sliding_window"):
+            types = hf.get("layer_types") or [
+                "sliding_attention" if i >= hf.get("max_window_layers", n_layers)
+                else "full_attention" for i in range(n_layers)]
+            windows = tuple(int(hf["sliding_window"]) if t == "sliding_attention" else None
+                            for t in types)
+        if mt == "qwen2":
+            qkv_bias, o_bias = True, False
+        else:
+            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+        kw = dict(
+            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"], num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(hf.get("mlp_bias", False)),
+            hidden_act=hf.get("hidden_act", "silu"), sliding_windows=windows,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048), model_type=mt,
+            bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
+            pad_token_id=hf.get("pad_token_id"))
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_hf(self) -> dict:
+        """transformers 5.x-style config dict (also carries 4.x keys so either version reads it)."""
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM"}[self.model_type]
+        scaling = self.rope_scaling_dict
+        if scaling and scaling.get("rope_type") == "freq_factors":
+            raise ValueError("rope_scaling freq_factors (from a GGUF rope_freqs tensor) has no "
+                             "transformers config equivalent; cannot export this model")
+        rope_params = {"rope_type": "default", **(scaling or {}), "rope_theta": self.rope_theta}
+        d = {
+            "architectures": [arch], "model_type": self.model_type,
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps, "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "rope_parameters": rope_params, "rope_theta": self.rope_theta,
+            "rope_scaling": scaling,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id, "dtype": self.param_dtype,
+        }
+        if self.model_type == "llama":
+            d["attention_bias"] = self.attention_bias
+            d["mlp_bias"] = self.mlp_bias
+        if self.sliding_windows and any(self.sliding_windows):
+            window = next(w for w in self.sliding_windows if w)
+            d["sliding_window"] = window
+            if self.model_type == "qwen2":
+                d["use_sliding_window"] = True
+                d["layer_types"] = ["sliding_attention" if w else "full_attention"
+                                    for w in self.sliding_windows]
+        return d
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs):
+        kw = dict(use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = layers.Linear(d, f, in_axes=("embed",), out_axes=("mlp",), **kw)
+        self.up_proj = layers.Linear(d, f, in_axes=("embed",), out_axes=("mlp",), **kw)
+        self.down_proj = layers.Linear(f, d, in_axes=("mlp",), out_axes=("embed",), **kw)
+        self.act = layers.activation(cfg.hidden_act)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, sliding_window, dtype, param_dtype, rngs):
+        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps,
+                                              dtype=dtype, param_dtype=param_dtype)
+        self.self_attn = layers.Attention(
+            cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+            qkv_bias=cfg.attention_bias, o_bias=cfg.o_bias, causal=True,
+            sliding_window=sliding_window, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps,
+                                                       dtype=dtype, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, *, positions, kv_valid, inv_freq, cache, cache_index):
+        h, new_cache = self.self_attn(self.input_layernorm(x), positions=positions,
+                                      kv_valid=kv_valid, inv_freq=inv_freq, cache=cache,
+                                      cache_index=cache_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_cache
+
+
+class LlamaForCausalLM(CausalLM):
+    """Llama-family causal LM. Parameter paths mirror HF names (model.layers[i].self_attn...)."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype, param_dtype = layers.as_dtype(config.dtype), layers.as_dtype(config.param_dtype)
+        self.dtype = dtype
+        self.embed_tokens = layers.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
+                                         param_dtype=param_dtype, rngs=rngs)
+        windows = config.sliding_windows or (None,) * config.num_hidden_layers
+        self.layers = nnx.List([
+            DecoderLayer(config, sliding_window=windows[i], dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+            for i in range(config.num_hidden_layers)])
+        self.norm = layers.RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype,
+                                   param_dtype=param_dtype)
+        self.lm_head = None if config.tie_word_embeddings else layers.Linear(
+            config.hidden_size, config.vocab_size, in_axes=("embed",), out_axes=("vocab",),
+            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def lm_head_matrix(self):
+        """[D, V]: embedding.T when tied."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def forward(self, input_ids, attention_mask=None, *, positions=None, cache=None,
+                cache_index=None, kv_valid=None):
+        """-> (final normed hidden [B,T,D], new cache or None).
+
+        Without a cache: kv_valid = attention_mask and positions from the mask.
+        With a cache (sampling): the caller passes positions [B,T], kv_valid [B,S] and the slot
+        `cache_index` where these T tokens are written.
+        """
+        mask = default_mask(input_ids, attention_mask)
+        if positions is None:
+            positions = layers.positions_from_mask(mask)
+        if kv_valid is None:
+            kv_valid = mask
+        # A trace-time constant, not a Variable: it is derived from the config, never trained.
+        inv_freq = layers.rope_inv_freq(self.config.head_dim, self.config.rope_theta,
+                                        self.config.rope_scaling_dict)
+        x = self.embed_tokens(input_ids)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
+                         cache=None if cache is None else cache[i], cache_index=cache_index)
+            new_cache.append(c)
+        return self.norm(x), (None if cache is None else new_cache)
