@@ -57,21 +57,36 @@ class BatchPlan:
   def __len__(self) -> int:
     return self.per_epoch * self.num_epochs
 
+  def __repr__(self) -> str:  # short: grain prints sources in its stats
+    return f"BatchPlan(items={len(self._lengths)}, epochs={self.num_epochs}, **{self._kw})"
+
   def __getitem__(self, k: int) -> np.ndarray:
     if not 0 <= k < len(self):
       raise IndexError(k)
     return self._plan(k // self.per_epoch)[k % self.per_epoch]
 
 
-def _host_collate(index: np.ndarray, *, collate: Callable, lengths: np.ndarray,
-                  buckets: tuple[int, ...], batch_size: int, shard: tuple[int, int]) -> dict:
-  """This host's rows of a global batch. The length bucket comes from the whole global batch,
-  so every host returns the same [rows, T] and the per-host arrays form one global array."""
-  host, hosts = shard
-  local = batch_size // hosts
-  t = batching.bucket_length(int(lengths[index].max()) if len(index) else 1, buckets)
-  mine = index[host * local:(host + 1) * local]
-  return collate(mine, batch_size=local, buckets=(t,))
+class _HostCollate:
+  """index array -> this host's rows of the global batch. The length bucket comes from the
+  whole global batch, so every host returns the same [rows, T] and the per-host arrays form one
+  global array. A class with a short repr, not a functools.partial: grain names transforms by
+  repr() on first access, and a partial's repr would print every item of the dataset."""
+
+  def __init__(self, collate: Callable, lengths: np.ndarray, buckets: tuple[int, ...],
+               batch_size: int, shard: tuple[int, int]):
+    self.collate, self.lengths, self.buckets = collate, lengths, buckets
+    self.batch_size, self.shard = batch_size, shard
+
+  def __call__(self, index: np.ndarray) -> dict:
+    host, hosts = self.shard
+    local = self.batch_size // hosts
+    t = batching.bucket_length(int(self.lengths[index].max()) if len(index) else 1, self.buckets)
+    mine = index[host * local:(host + 1) * local]
+    return self.collate(mine, batch_size=local, buckets=(t,))
+
+  def __repr__(self) -> str:
+    name = getattr(self.collate, "func", self.collate).__name__
+    return f"{name}(items={len(self.lengths)}, batch_size={self.batch_size}, shard={self.shard})"
 
 
 def _dataset(lengths, collate: Callable, *, batch_size, buckets, seed, num_epochs, shuffle,
@@ -83,8 +98,7 @@ def _dataset(lengths, collate: Callable, *, batch_size, buckets, seed, num_epoch
   if not (0 <= host < hosts and batch_size % hosts == 0):
     raise ValueError(f"shard {shard}: need 0 <= index < count and batch_size ({batch_size}) "
                      "divisible by the count")
-  fn = functools.partial(_host_collate, collate=collate, lengths=lengths,
-                         buckets=tuple(buckets), batch_size=batch_size, shard=shard)
+  fn = _HostCollate(collate, lengths, tuple(buckets), batch_size, shard)
   return grain.MapDataset.source(plan).map(fn)
 
 

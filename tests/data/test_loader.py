@@ -134,3 +134,12 @@ def test_host_shards_assemble_the_global_batch(kind):
       np.testing.assert_array_equal(got, arr, err_msg=f"batch {k} key {key}")
   with pytest.raises(ValueError, match="divisible"):
     build(batch_size=8, pad_id=0, shard=(0, 3))
+
+
+def test_dataset_repr_stays_short():
+  """grain names a transform by repr() on first access; printing every item made the first
+  batch of a 4k-pair dataset take seconds."""
+  many = ITEMS * 100
+  ds = pair_dataset(many, batch_size=4, buckets=(64,), pad_id=0)
+  ds[0]
+  assert len(str(ds)) < 1000, str(ds)[:200]
