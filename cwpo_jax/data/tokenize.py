@@ -79,8 +79,13 @@ class PairTokenizer:
                max_response_len: int | None = None, chunk: int = 512):
     if not 0 < max_prompt_len < max_len:
       raise ValueError(f"need 0 < max_prompt_len ({max_prompt_len}) < max_len ({max_len})")
-    if tokenizer.eos_token_id is None:
-      raise ValueError("the tokenizer has no eos_token_id; responses need an end mark")
+    # The end mark closing each response: EOS, or SEP for BERT-style encoders (annotators).
+    self.end_id = tokenizer.eos_token_id
+    if self.end_id is None:
+      self.end_id = getattr(tokenizer, "sep_token_id", None)
+    if self.end_id is None:
+      raise ValueError("the tokenizer has neither eos_token_id nor sep_token_id; responses "
+                       "need an end mark")
     self.tok = tokenizer
     self.max_prompt_len = max_prompt_len
     self.max_len = max_len
@@ -131,7 +136,7 @@ class PairTokenizer:
 
   def _cut_response(self, ids: list[int], prompt_len: int) -> np.ndarray:
     self.stats.responses += 1
-    eos = self.tok.eos_token_id
+    eos = self.end_id
     if eos not in ids:
       ids = ids + [eos]
     budget = self.max_len - prompt_len
