@@ -1,0 +1,162 @@
+"""Stage 4, align: preference optimisation of the strong model, one run per method.
+
+Method -> label source (confidence.pair_targets):
+  human            human labels of the unlabelled share (the paper's "Human" baseline)
+  human_all        human labels of labelled + unlabelled pairs ("Human 100%")
+  weak             weak labels, weight 1 (WS-DPO)
+  weak_confidence  weak labels, weight = confidence (CW-PO)
+  top_fraction     weak labels, only the align.top_fraction most confident pairs
+Any loss of losses.py (align.loss). Reference log-probs come from one jitted pass over the pool,
+cached on disk under refcache/ by a content hash of (token ids, reference checkpoint), and reused
+by every method and rerun; the reference model is freed before training starts.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cwpo_jax import confidence, losses, models, scores
+from cwpo_jax.data.batching import collate_pairs
+from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path
+from cwpo_jax.stages import common, sft
+from cwpo_jax.stages.score import annotator_identity, scores_path
+from cwpo_jax.train import tasks
+
+STAGE = "align"
+
+
+def _token_digest(tokenized) -> str:
+    chunks = []
+    for p in tokenized:
+        for arr in (p.prompt, p.chosen, p.rejected):
+            chunks.append(np.asarray(arr, np.int32).tobytes())
+    return hash_bytes(*chunks)
+
+
+def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndarray, np.ndarray]:
+    """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached."""
+    key = hash_bytes(_token_digest(tokenized).encode(), hash_path(ref_path).encode(),
+                     str(cfg.align.chunk_size).encode())
+    cache = common.path(cfg, "refcache", f"{key}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            if list(f["ids"]) == list(ids):
+                common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
+                return f["chosen"], f["rejected"]
+    common.log(STAGE, "reference log-probs: computing (one jitted pass)")
+    ref = models.from_pretrained(ref_path)
+    batch_size = cfg.score.batch_size
+    collate = functools.partial(collate_pairs, tokenized, batch_size=batch_size,
+                                buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
+    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
+    chosen = np.full(len(ids), np.nan)
+    rejected = np.full(len(ids), np.nan)
+    for batch, logp in common.batched_pass(ref, fn, lengths=[p.length for p in tokenized],
+                                           collate=collate, batch_size=batch_size, cfg=cfg,
+                                           name=STAGE + "/reference", unit="pairs"):
+        half = len(logp) // 2
+        for row, i in enumerate(batch["pair_index"]):
+            if i >= 0:
+                chosen[i], rejected[i] = logp[row], logp[half + row]
+    if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
+        raise FloatingPointError("reference log-probs contain NaN/inf; check the reference model")
+    if jax.process_index() == 0:
+        with atomic_open(cache, "wb") as f:
+            np.savez(f, ids=np.asarray(ids), chosen=chosen, rejected=rejected)
+    return chosen, rejected
+
+
+def _logprob_fn(model, batch, *, chunk_size):
+    return tasks.response_logprobs(model, batch, chunk_size=chunk_size)[0]
+
+
+def method_targets(cfg, method: str, pool_ids, n_labelled: int):
+    """(swap [N], weight [N], keep [N]) over the pool (labelled first, then unlabelled)."""
+    n = len(pool_ids)
+    if method == "human_all":
+        t = confidence.pair_targets("human", n=n)
+        return np.asarray(t.swap), np.asarray(t.weight), np.asarray(t.keep)
+    unlabelled_ids = pool_ids[n_labelled:]
+    swap = np.zeros(n, bool)
+    weight = np.ones(n, np.float32)
+    keep = np.zeros(n, bool)  # labelled pairs are the annotator's; only human_all uses them
+    if method == "human":
+        keep[n_labelled:] = True
+        return swap, weight, keep
+    s = scores.read_scores(scores_path(cfg), expected_ids=unlabelled_ids,
+                           expected_annotator=annotator_identity(cfg))
+    t = confidence.pair_targets(method, score_a=s["score_a"], score_b=s["score_b"],
+                                kind=cfg.align.confidence, tau=cfg.score.tau,
+                                fraction=cfg.align.top_fraction)
+    swap[n_labelled:] = np.asarray(t.swap)
+    weight[n_labelled:] = np.asarray(t.weight)
+    keep[n_labelled:] = np.asarray(t.keep)
+    return swap, weight, keep
+
+
+def run_method(cfg, method: str) -> dict:
+    stage = f"{STAGE}/{method}"
+    if common.is_done(cfg, stage):
+        common.log(stage, "policy exists; skipping")
+        return common.read_json(common.done_marker(cfg, stage))
+    ref_path = sft.reference_path(cfg)
+    tok = models.load_tokenizer(ref_path)
+    labelled = common.load_split(cfg, "labelled")
+    pool = labelled + common.load_split(cfg, "unlabelled")
+    pool_ids = [p.id for p in pool]
+    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
+    ref_chosen, ref_rejected = reference_logprobs(cfg, pool_ids, tokenized, ref_path, tok)
+    swap, weight, keep = method_targets(cfg, method, pool_ids, len(labelled))
+    index = np.flatnonzero(keep)
+    items = [tokenized[i] for i in index]
+    sel_swap, sel_weight = swap[index], weight[index]
+    sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)
+    sel_ref_r = np.where(sel_swap, ref_chosen[index], ref_rejected[index]).astype(np.float32)
+    train = cfg.align.train
+    micro_size = train.batch_size // train.micro_batches
+
+    def collate(batch_index):
+        batch = collate_pairs(items, batch_index, batch_size=micro_size,
+                              buckets=common.buckets(cfg), pad_id=common.pad_id(tok),
+                              swap=sel_swap, weights=sel_weight)
+        rows = np.maximum(batch["pair_index"], 0)
+        batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
+        return batch
+
+    model = models.from_pretrained(ref_path)
+    trainable = nnx.Param
+    if cfg.align.lora_rank > 0:
+        lora = models.LoRAConfig(rank=cfg.align.lora_rank, alpha=cfg.align.lora_alpha,
+                                 dropout=cfg.align.lora_dropout,
+                                 targets=tuple(cfg.align.lora_targets))
+        model = models.apply_lora(model, lora, rngs=nnx.Rngs(cfg.seed))
+        model.train()
+        trainable = models.trainable_filter(model)
+    n_params = common.count_params(nnx.state(model, nnx.Param))
+    pair_loss = losses.pair_loss_fn(cfg.align.loss, beta=cfg.align.beta,
+                                    label_smoothing=cfg.align.label_smoothing,
+                                    gamma=cfg.align.gamma)
+    task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=cfg.align.beta,
+                             normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size)
+    # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
+    model = common.fit(model, task, lengths=[p.length for p in items], collate=collate,
+                       train_cfg=train, cfg=cfg, workdir=common.path(cfg, stage), name=stage,
+                       trainable=trainable,
+                       flops_per_token=(6.0 if cfg.align.lora_rank == 0 else 4.0) * n_params)
+    if cfg.align.lora_rank > 0:
+        model.eval()
+    out = common.path(cfg, stage, "model")
+    models.save_pretrained(model, out, tokenizer=tok)
+    summary = {"method": method, "pairs": int(len(items)),
+               "weak_disagrees_with_human": float(sel_swap.mean()) if len(items) else 0.0,
+               "mean_weight": float(sel_weight.mean()) if len(items) else 0.0, "policy": out}
+    common.mark_done(cfg, stage, summary)
+    return summary
+
+
+def run(cfg) -> dict:
+    return {method: run_method(cfg, method) for method in cfg.align.methods}

@@ -1,0 +1,67 @@
+"""Stage 1, train_annotator: the weak reward model, Bradley-Terry loss on the labelled share.
+
+Any backbone with a scalar head (`reward_model_from_pretrained`); full fine-tuning as in the
+paper. Logs accuracy against human labels on the held-out eval pairs; saves the annotator in HF
+format under annotator/model.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from flax import nnx
+
+from cwpo_jax import models
+from cwpo_jax.data.batching import collate_pairs
+from cwpo_jax.evaluation import label_accuracy
+from cwpo_jax.stages import common
+from cwpo_jax.train import tasks
+
+STAGE = "annotator"
+
+
+def score_pairs(cfg, rm, tokenized, tok, name: str):
+    """(score of stored chosen, score of stored rejected), each [N], with the jitted pass."""
+    collate = functools.partial(collate_pairs, tokenized, batch_size=cfg.score.batch_size,
+                                buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
+    score_a = np.full(len(tokenized), np.nan)
+    score_b = np.full(len(tokenized), np.nan)
+    fn = lambda model, batch: model(batch["input_ids"], batch["attention_mask"])
+    for batch, scores in common.batched_pass(rm, fn, lengths=[p.length for p in tokenized],
+                                             collate=collate, batch_size=cfg.score.batch_size,
+                                             cfg=cfg, name=name, unit="pairs"):
+        half = len(scores) // 2
+        for row, i in enumerate(batch["pair_index"]):
+            if i >= 0:
+                score_a[i], score_b[i] = scores[row], scores[half + row]
+    return score_a, score_b
+
+
+def run(cfg) -> dict:
+    if common.is_done(cfg, STAGE):
+        common.log(STAGE, "annotator exists; skipping")
+        return common.read_json(common.done_marker(cfg, STAGE))
+    source = common.model_path(cfg, cfg.annotator.model)
+    tok = common.encoder_ready(models.load_tokenizer(source))
+    rm = models.reward_model_from_pretrained(source, seed=cfg.seed)
+    encode = common.pair_tokenizer(cfg, tok)
+    labelled = encode.encode_pairs(common.load_split(cfg, "labelled"))
+    collate = functools.partial(collate_pairs, labelled, buckets=common.buckets(cfg),
+                                pad_id=common.pad_id(tok),
+                                batch_size=cfg.annotator.train.batch_size
+                                // cfg.annotator.train.micro_batches)
+    n_params = common.count_params(nnx.state(rm, nnx.Param))
+    rm = common.fit(rm, tasks.reward_task, lengths=[p.length for p in labelled], collate=collate,
+                    train_cfg=cfg.annotator.train, cfg=cfg, workdir=common.path(cfg, STAGE),
+                    name=STAGE, flops_per_token=6.0 * n_params)
+    eval_pairs = common.load_split(cfg, "eval")
+    summary = {"model": cfg.annotator.model, "labelled_pairs": len(labelled),
+               "tokenize": str(encode.stats)}
+    if eval_pairs:
+        a, b = score_pairs(cfg, rm, encode.encode_pairs(eval_pairs), tok, STAGE + "/eval")
+        summary["heldout_accuracy_vs_human"] = label_accuracy(a >= b, np.ones(len(a), bool))
+        common.log(STAGE, f"held-out accuracy vs human labels: "
+                          f"{summary['heldout_accuracy_vs_human']:.1%} on {len(a)} pairs")
+    models.save_pretrained(rm, common.path(cfg, STAGE, "model"), tokenizer=tok)
+    common.mark_done(cfg, STAGE, summary)
+    return summary

@@ -1,0 +1,224 @@
+"""Shared plumbing of the pipeline stages: paths, models, tokenisation, fit(), jitted passes."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cwpo_jax import models, sharding
+from cwpo_jax.data import PreferencePair
+from cwpo_jax.data.batching import default_buckets, plan_batches
+from cwpo_jax.data.tokenize import PairTokenizer
+from cwpo_jax.io_utils import read_json, write_json
+from cwpo_jax.train import loop, optim, steps
+from cwpo_jax.train.checkpoint import Checkpointer
+from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.metrics import MetricsLogger, measure_matmul_peak
+from cwpo_jax.train.state import init_train_state, split_model, variable_shardings
+from jax.sharding import NamedSharding
+
+
+def log(stage: str, message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+
+def path(cfg, *parts: str) -> str:
+    return os.path.join(os.path.abspath(cfg.output_dir), *parts)
+
+
+def done_marker(cfg, stage: str) -> str:
+    return path(cfg, stage, "done.json")
+
+
+def is_done(cfg, stage: str) -> bool:
+    return os.path.exists(done_marker(cfg, stage))
+
+
+def mark_done(cfg, stage: str, summary: dict) -> None:
+    if jax.process_index() == 0:
+        write_json(done_marker(cfg, stage), summary)
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(data: int, fsdp: int, tensor: int):
+    return sharding.make_mesh(data, fsdp, tensor)
+
+
+def mesh_for(cfg):
+    return _mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops() -> float:
+    return measure_matmul_peak()
+
+
+# ------------------------------------------------------------------------------- models
+
+TINY_CONFIGS = {
+    "llama": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64,
+                  intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu"),
+    "bert": dict(model_type="bert", architectures=["BertModel"], hidden_size=64,
+                 intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+                 hidden_act="gelu"),
+}
+
+
+def create_tiny_model(family: str, directory: str, tokenizer, seed: int) -> None:
+    """A randomly initialised tiny model of `family` saved in HF format (+ its tokenizer), so
+    the tiny pipeline uses the same loading path as real checkpoints."""
+    from cwpo_jax.models.checkpoint_hf import build_config
+
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"unknown tiny model family {family!r}; expected one of "
+                         f"{sorted(TINY_CONFIGS)}")
+    hf = dict(TINY_CONFIGS[family], vocab_size=len(tokenizer),
+              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+              bos_token_id=tokenizer.bos_token_id)
+    model_cfg, model_cls = build_config(hf)
+    model = model_cls(model_cfg, rngs=nnx.Rngs(seed))
+    models.save_pretrained(model, directory, tokenizer=tokenizer)
+
+
+def model_path(cfg, spec: str) -> str:
+    """Model spec -> a loadable path: 'tiny:<family>' names a random tiny model made (once) in
+    the run folder with the run's tokenizer; anything else is a path / hub id / .gguf."""
+    if not spec.startswith("tiny:"):
+        return spec
+    family = spec.split(":", 1)[1]
+    directory = path(cfg, "init", family)
+    if not os.path.exists(os.path.join(directory, "config.json")):
+        tokenizer = models.load_tokenizer(path(cfg, "data", "tokenizer"))
+        create_tiny_model(family, directory, tokenizer, cfg.seed)
+    return directory
+
+
+def encoder_ready(tokenizer):
+    """Encoders have no EOS; end responses with [SEP] so a pair reads [CLS] prompt [SEP]
+    response [SEP], the layout BERT-style models are trained on."""
+    if tokenizer.eos_token_id is None and getattr(tokenizer, "sep_token", None):
+        tokenizer.eos_token = tokenizer.sep_token
+    return tokenizer
+
+
+def pair_tokenizer(cfg, tokenizer) -> PairTokenizer:
+    return PairTokenizer(encoder_ready(tokenizer), max_prompt_len=cfg.data.max_prompt_len,
+                         max_len=cfg.data.max_len)
+
+
+def buckets(cfg) -> tuple[int, ...]:
+    return default_buckets(cfg.data.max_len)
+
+
+def pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+# ------------------------------------------------------------------------------- splits
+
+
+def load_split(cfg, name: str) -> list[PreferencePair]:
+    with open(path(cfg, "data", f"{name}.jsonl"), encoding="utf-8") as f:
+        return [PreferencePair.from_json(json.loads(line)) for line in f]
+
+
+def load_gold(cfg) -> dict | None:
+    """{pair id: (gold score of stored chosen, of stored rejected)} in controlled settings."""
+    gold_path = path(cfg, "data", "gold.json")
+    return read_json(gold_path) if os.path.exists(gold_path) else None
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def total_steps(train_cfg, num_items: int) -> int:
+    steps_per_epoch = max(1, math.ceil(num_items / train_cfg.batch_size))
+    n = max(1, math.ceil(train_cfg.epochs * steps_per_epoch)) if train_cfg.epochs > 0 else 0
+    return min(n, train_cfg.max_steps) if train_cfg.max_steps > 0 else n
+
+
+def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, train_cfg, cfg,
+        workdir: str, name: str, trainable=nnx.Param, flops_per_token: float = 0.0):
+    """Train `model` on `task` over the items behind (lengths, collate); resumes from
+    workdir/ckpt. Returns the trained model (LoRA still separate)."""
+    mesh = mesh_for(cfg)
+    num_steps = total_steps(train_cfg, len(lengths))
+    micro = train_cfg.micro_batches
+    optimizer, schedule = optim.make_optimizer(
+        learning_rate=train_cfg.learning_rate, total_steps=num_steps,
+        warmup_steps=train_cfg.warmup_steps, weight_decay=train_cfg.weight_decay,
+        grad_clip=train_cfg.grad_clip, schedule=train_cfg.schedule)
+    parts = split_model(model, trainable)
+    state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
+    compute = jnp.bfloat16 if train_cfg.compute_dtype == "bfloat16" else None
+    step_fn = steps.jit_train_step(
+        steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule,
+                              compute_dtype=compute), mesh, state_sh, frozen_sh)
+    feeder = EpochFeeder(lengths, collate, batch_size=train_cfg.batch_size // micro,
+                         micro_batches=micro, seed=cfg.seed)
+    log(name, f"{len(lengths)} examples, {num_steps} steps of {train_cfg.batch_size}, "
+              f"{count_params(parts.params):,} trainable parameters")
+    checkpointer = Checkpointer(os.path.join(workdir, "ckpt"), keep=train_cfg.keep_checkpoints)
+    logger = MetricsLogger(workdir, name=name, total_steps=num_steps)
+    try:
+        state = loop.train(
+            step_fn=step_fn, state=state, frozen=frozen, batches=feeder, mesh=mesh,
+            config=loop.LoopConfig(num_steps=num_steps, log_every=train_cfg.log_every,
+                                   save_every=train_cfg.save_every, name=name),
+            checkpointer=checkpointer, logger=logger, flops_per_token=flops_per_token,
+            peak_flops=peak_flops() if flops_per_token else 0.0)
+    finally:
+        logger.close()
+        checkpointer.close()
+    return nnx.merge(parts.graphdef, state.params, frozen, state.mutable)
+
+
+# ------------------------------------------------------------------------------- passes
+
+
+def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callable,
+                 batch_size: int, cfg, name: str, unit: str = "examples"):
+    """Run jitted fn(model, batch) -> pytree of [rows] arrays over all items, sorted by length
+    (little padding), no shuffling. Yields (host batch, host outputs) in plan order."""
+    mesh = mesh_for(cfg)
+    graphdef, state = nnx.split(model)
+    shardings = variable_shardings(state, mesh)
+    state = jax.tree.map(jax.device_put, state, shardings)
+
+    @functools.partial(jax.jit,
+                       in_shardings=(shardings, NamedSharding(mesh, steps.batch_spec(0))))
+    def run(state, batch):
+        return fn(nnx.merge(graphdef, state), batch)
+
+    plan = plan_batches(lengths, batch_size, shuffle=False)
+    start, done = time.perf_counter(), 0
+    for i, index in enumerate(plan):
+        batch = collate(index)
+        device_batch = sharding.shard_batch(
+            {k: v for k, v in batch.items() if k not in ("pair_index", "index")}, mesh)
+        out = jax.tree.map(np.asarray, run(state, device_batch))
+        done += len(index)
+        if i % 20 == 0 or i == len(plan) - 1:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            log(name, f"{done}/{len(lengths)} {unit} ({rate:.1f} {unit}/s)")
+        yield batch, out

@@ -1,0 +1,98 @@
+"""Config validation before any compute: one line per problem, naming the field."""
+from __future__ import annotations
+
+import ml_collections
+
+from cwpo_jax import confidence, losses
+from cwpo_jax.stages.defaults import defaults
+
+METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _unknown_keys(cfg, reference, prefix=""):
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if key not in reference:
+            yield path
+        elif isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(
+                reference[key], ml_collections.ConfigDict):
+            yield from _unknown_keys(cfg[key], reference[key], path + ".")
+
+
+def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+    """Raise ConfigError listing every invalid field (unknown keys, ranges, divisibility)."""
+    errors = [f"{k}: unknown config key" for k in _unknown_keys(cfg, defaults())]
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+    def check(ok, field, message):
+        if not ok:
+            errors.append(f"{field}: {message}")
+
+    check(bool(cfg.output_dir), "output_dir", "is required (--config.output_dir=DIR)")
+    d = cfg.data
+    check(d.source in ("file", "synthetic", "demo"), "data.source",
+          f"{d.source!r} is not one of file, synthetic, demo")
+    check(d.source != "file" or bool(d.path), "data.path", "is required when data.source=file")
+    check(0 < d.labelled_fraction < 1, "data.labelled_fraction",
+          f"{d.labelled_fraction} is not in (0, 1)")
+    check(0 < d.eval_fraction < 1 and d.labelled_fraction + d.eval_fraction < 1,
+          "data.eval_fraction", f"{d.eval_fraction} must be in (0, 1) and leave room for the "
+          f"unlabelled share next to labelled_fraction {d.labelled_fraction}")
+    check(0 < d.max_prompt_len < d.max_len, "data.max_prompt_len",
+          f"need 0 < max_prompt_len ({d.max_prompt_len}) < max_len ({d.max_len})")
+    check(d.source == "file" or d.rater_temperature > 0, "data.rater_temperature",
+          "must be > 0 for simulated raters")
+    a = cfg.align
+    check(a.loss in losses.PAIR_LOSSES, "align.loss", f"{a.loss!r} not in {losses.PAIR_LOSSES}")
+    check(a.beta > 0, "align.beta", f"must be > 0, got {a.beta}")
+    check(0 <= a.label_smoothing < 0.5, "align.label_smoothing",
+          f"must be in [0, 0.5), got {a.label_smoothing}")
+    check(a.confidence in confidence.CONFIDENCE_KINDS, "align.confidence",
+          f"{a.confidence!r} not in {confidence.CONFIDENCE_KINDS}")
+    check(0 < a.top_fraction <= 1, "align.top_fraction", f"must be in (0, 1], got {a.top_fraction}")
+    check(len(a.methods) > 0, "align.methods", "is empty")
+    for m in a.methods:
+        check(m in METHODS, "align.methods", f"{m!r} not in {METHODS}")
+    check(a.chunk_size >= 0, "align.chunk_size", "must be >= 0")
+    check(cfg.score.tau > 0, "score.tau", f"must be > 0, got {cfg.score.tau}")
+    for name in ("annotator", "sft", "align"):
+        t = cfg[name].train
+        field = f"{name}.train"
+        check(t.learning_rate > 0, f"{field}.learning_rate", "must be > 0")
+        check(t.batch_size > 0 and t.micro_batches > 0 and t.batch_size % t.micro_batches == 0,
+              f"{field}.batch_size", f"{t.batch_size} is not a positive multiple of micro_batches "
+              f"{t.micro_batches}")
+        check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
+        check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
+              f"{t.compute_dtype!r} is not float32 or bfloat16")
+        check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
+              f"{t.schedule!r} is not cosine or constant")
+    check(bool(cfg.annotator.model), "annotator.model", "is required")
+    check(bool(cfg.sft.model), "sft.model", "is required")
+    e = cfg.evaluate
+    check(e.temperature >= 0, "evaluate.temperature", "must be >= 0")
+    check(0 < e.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {e.top_p}")
+    check(e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
+    mesh = cfg.mesh
+    sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+    check(all(s == -1 or s > 0 for s in sizes) and sizes.count(-1) <= 1, "mesh",
+          f"sizes {sizes} must be positive, with at most one -1")
+    if num_devices is not None and sizes.count(-1) == 0:
+        total = mesh.data * mesh.fsdp * mesh.tensor
+        check(total <= num_devices, "mesh", f"{total} devices requested, {num_devices} present")
+    if num_devices is not None and not errors:
+        fixed = mesh.fsdp * mesh.tensor * (1 if mesh.data == -1 else mesh.data)
+        data_parallel = (num_devices // fixed if mesh.data == -1 else mesh.data) * mesh.fsdp
+        for name in ("annotator", "sft", "align"):
+            t = cfg[name].train
+            micro = t.batch_size // t.micro_batches
+            check(micro % data_parallel == 0, f"{name}.train.batch_size",
+                  f"micro-batch {micro} is not divisible by the data-parallel size "
+                  f"{data_parallel} (mesh data x fsdp)")
+    if errors:
+        raise ConfigError("\n".join(errors))

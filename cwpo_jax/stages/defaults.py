@@ -1,0 +1,84 @@
+"""Defaults shared by every preset: configs/*.py start from `defaults()` and override.
+
+Sections: data, mesh, annotator, score, sft, align, evaluate. `validate` (stages/config.py)
+rejects unknown keys and out-of-range values before any compute.
+"""
+import ml_collections
+
+
+def train_section(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.learning_rate = 1e-5
+    c.warmup_steps = 100
+    c.schedule = "cosine"
+    c.weight_decay = 0.05
+    c.grad_clip = 1.0
+    c.batch_size = 32  # global batch (pairs or sequences) per optimizer step
+    c.micro_batches = 1  # gradient accumulation: batch_size / micro_batches rows per pass
+    c.epochs = 1.0
+    c.max_steps = 0  # > 0 caps the number of steps
+    c.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
+    c.log_every = 10
+    c.save_every = 500
+    c.keep_checkpoints = 2
+    c.update(overrides)
+    return c
+
+
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.output_dir = ""
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "file"  # "file": read_preferences; "synthetic": generated; "demo": sampled
+    c.data.path = ""
+    c.data.format = "hh_rlhf"
+    c.data.split = "train"
+    c.data.num_pairs = 0  # synthetic / demo: how many pairs; file: 0 = all
+    c.data.labelled_fraction = 0.3
+    c.data.eval_fraction = 0.05
+    c.data.max_eval_prompts = 256
+    c.data.max_prompt_len = 256
+    c.data.max_len = 512
+    c.data.gold_judge = ""  # set for controlled settings (synthetic/demo): simulated raters
+    c.data.rater_temperature = 0.0
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.annotator = ml_collections.ConfigDict()
+    c.annotator.model = ""  # HF dir / hub id / .gguf; "tiny:<family>" builds a random tiny one
+    c.annotator.train = train_section(learning_rate=1e-5, batch_size=32, epochs=4.0)
+
+    c.score = ml_collections.ConfigDict(dict(batch_size=64, tau=1.0))
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.model = ""  # the strong model; its SFT result is the reference
+    c.sft.enabled = True  # False: the given model already is the SFT/reference model
+    c.sft.train = train_section(learning_rate=1e-5, batch_size=32, epochs=1.0)
+
+    c.align = ml_collections.ConfigDict()
+    c.align.loss = "dpo"
+    c.align.beta = 0.5
+    c.align.label_smoothing = 0.0
+    c.align.gamma = 0.0
+    c.align.normalize = False
+    c.align.confidence = "c1"
+    c.align.top_fraction = 0.3
+    c.align.chunk_size = 128  # chunked log-probs; 0 = full logits
+    c.align.lora_rank = 0  # > 0 trains LoRA adapters only
+    c.align.lora_alpha = 16.0
+    c.align.lora_dropout = 0.05
+    c.align.lora_targets = ("q_proj", "v_proj")
+    # name -> label source; "human_all" trains on human labels of labelled + unlabelled pairs
+    c.align.methods = ("human", "weak", "weak_confidence")
+    c.align.train = train_section(learning_rate=5e-6, batch_size=32, epochs=4.0)
+
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.gold_judge = "vader"
+    c.evaluate.max_new_tokens = 512
+    c.evaluate.temperature = 0.95
+    c.evaluate.top_p = 1.0
+    c.evaluate.batch_size = 16
+    c.evaluate.bootstrap = 2000
+    return c

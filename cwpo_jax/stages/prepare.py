@@ -1,0 +1,138 @@
+"""Stage 0, prepare: preference pool -> labelled / unlabelled / eval splits on disk.
+
+Sources: "file" (any schema `read_preferences` knows; the stored order is the human label),
+"synthetic" (generated pairs for the tiny pipeline) and "demo" (responses sampled from the
+student, see stages/demo_data.py). In the controlled settings (synthetic, demo) a gold judge
+scores both responses and simulated raters (Bradley-Terry on the gold scores, temperature fixed
+in the config) give the human label; the gold scores are kept in data/gold.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from cwpo_jax import gold as gold_lib
+from cwpo_jax.data import PreferencePair, content_id, load_preferences
+from cwpo_jax.data.splits import seeded_rank, split_pairs
+from cwpo_jax.io_utils import atomic_open, write_json
+from cwpo_jax.stages import common
+
+STAGE = "data"
+
+TOPICS = ("the weather", "my day", "your weekend", "the city", "music", "school", "dinner",
+          "the park", "my job", "the movie", "a trip", "the team", "the book", "my garden",
+          "the game", "a friend")
+NEUTRAL = ("the", "a", "it", "was", "is", "and", "very", "day", "time", "we", "they", "today",
+           "really", "so", "this", "that", "people", "place", "thing", "quite")
+
+
+def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, response a, response b) triples: short sentences whose share of positive and
+    negative words varies per response, so a sentiment judge has something to prefer."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        prompt = f"Tell me about {TOPICS[i % len(TOPICS)]} (#{i})."
+
+        def response():
+            bias = rng.uniform(-1, 1)
+            words = []
+            for _ in range(rng.integers(5, 13)):
+                u = rng.random()
+                if u < 0.25 * (1 + bias):
+                    words.append(rng.choice(gold_lib.POSITIVE_WORDS))
+                elif u < 0.5:
+                    words.append(rng.choice(gold_lib.NEGATIVE_WORDS))
+                else:
+                    words.append(rng.choice(NEUTRAL))
+            return " ".join(words) + "."
+
+        a, b = response(), response()
+        while b == a:
+            b = response()
+        out.append((prompt, a, b))
+    return out
+
+
+def label_with_raters(triples, cfg, source: str):
+    """Controlled setting: gold scores + simulated raters -> pairs in human order, gold map."""
+    judge = gold_lib.make_judge(cfg.data.gold_judge)
+    prompts = [t[0] for t in triples]
+    gold_a = judge.score(prompts, [t[1] for t in triples])
+    gold_b = judge.score(prompts, [t[2] for t in triples])
+    ids = [content_id(source, [{"role": "user", "content": p}], a, b) for p, a, b in triples]
+    human_a = gold_lib.simulate_human_labels(gold_a, gold_b, ids,
+                                             temperature=cfg.data.rater_temperature,
+                                             seed=cfg.seed)
+    pairs, gold = [], {}
+    for i, (prompt, a, b) in enumerate(triples):
+        chosen, rejected = (a, b) if human_a[i] else (b, a)
+        g_chosen, g_rejected = (gold_a[i], gold_b[i]) if human_a[i] else (gold_b[i], gold_a[i])
+        pairs.append(PreferencePair(id=ids[i], prompt=({"role": "user", "content": prompt},),
+                                    chosen=chosen, rejected=rejected, source=source))
+        gold[ids[i]] = [float(g_chosen), float(g_rejected)]
+    decided = gold_a != gold_b
+    agreement = float(np.mean(human_a[decided] == (gold_a > gold_b)[decided]))
+    return pairs, gold, {"rater_gold_agreement": agreement, "gold_ties": int((~decided).sum())}
+
+
+def train_word_tokenizer(texts, directory: str):
+    """A small word-level tokenizer for the tiny random models (built from the data itself)."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tok_models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(directory)
+
+
+def _write_split(cfg, name: str, pairs) -> None:
+    with atomic_open(common.path(cfg, STAGE, f"{name}.jsonl")) as f:
+        for p in pairs:
+            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+
+
+def run(cfg) -> dict:
+    if common.is_done(cfg, STAGE):
+        common.log(STAGE, "splits exist; skipping")
+        return common.read_json(common.done_marker(cfg, STAGE))
+    summary: dict = {"source": cfg.data.source}
+    gold = None
+    if cfg.data.source == "file":
+        pairs, report = load_preferences(cfg.data.path, format=cfg.data.format,
+                                         split=cfg.data.split or None)
+        summary["read_report"] = str(report)
+        common.log(STAGE, f"read {len(pairs)} pairs from {cfg.data.path}: {report}")
+    elif cfg.data.source == "synthetic":
+        triples = synthetic_pairs(cfg.data.num_pairs, cfg.seed)
+        pairs, gold, stats = label_with_raters(triples, cfg, "synthetic")
+        summary.update(stats)
+    else:
+        from cwpo_jax.stages import demo_data
+
+        triples = demo_data.sampled_triples(cfg)
+        pairs, gold, stats = label_with_raters(triples, cfg, "demo")
+        summary.update(stats)
+    if cfg.data.source == "file" and cfg.data.num_pairs and len(pairs) > cfg.data.num_pairs:
+        pairs = sorted(pairs, key=lambda p: seeded_rank(p.id, cfg.seed))[:cfg.data.num_pairs]
+    splits = split_pairs(pairs, seed=cfg.seed, labelled=cfg.data.labelled_fraction,
+                         eval=cfg.data.eval_fraction, group_by="prompt")
+    for name in ("labelled", "unlabelled", "eval"):
+        _write_split(cfg, name, getattr(splits, name))
+    if gold is not None:
+        write_json(common.path(cfg, STAGE, "gold.json"), gold)
+    if any(spec.startswith("tiny:") for spec in (cfg.annotator.model, cfg.sft.model)):
+        texts = [m["content"] for p in pairs for m in p.prompt] + \
+                [t for p in pairs for t in (p.chosen, p.rejected)] + ["Human:", "Assistant:"]
+        train_word_tokenizer(texts, common.path(cfg, STAGE, "tokenizer"))
+    summary["sizes"] = splits.sizes()
+    common.log(STAGE, f"splits {splits.sizes()}" + (
+        f", rater/gold agreement {summary['rater_gold_agreement']:.1%}" if gold else ""))
+    common.mark_done(cfg, STAGE, summary)
+    return summary

@@ -1,0 +1,66 @@
+"""Stage 2, score: the frozen annotator labels the unlabelled share (a separate jitted pass).
+
+Writes score/scores.jsonl (id, score_a, score_b, weak label, c1/c2/c3; a = stored chosen) with
+the annotator's identity (a hash of its checkpoint), and reports the annotator's accuracy and
+calibration against the hidden human labels (and the gold judge in controlled settings).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from cwpo_jax import models, scores
+from cwpo_jax.evaluation import label_accuracy, reliability_table
+from cwpo_jax.io_utils import hash_path
+from cwpo_jax.stages import common
+from cwpo_jax.stages.annotator import score_pairs
+
+STAGE = "score"
+
+
+def annotator_identity(cfg) -> dict:
+    model_dir = common.path(cfg, "annotator", "model")
+    return {"path": model_dir, "sha256": hash_path(model_dir)}
+
+
+def scores_path(cfg) -> str:
+    return common.path(cfg, STAGE, "scores.jsonl")
+
+
+def run(cfg) -> dict:
+    if common.is_done(cfg, STAGE):
+        common.log(STAGE, "scores exist; skipping")
+        return common.read_json(common.done_marker(cfg, STAGE))
+    model_dir = common.path(cfg, "annotator", "model")
+    tok = common.encoder_ready(models.load_tokenizer(model_dir))
+    rm = models.reward_model_from_pretrained(model_dir)
+    pairs = common.load_split(cfg, "unlabelled")
+    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
+    start = time.perf_counter()
+    score_a, score_b = score_pairs(cfg, rm, tokenized, tok, STAGE)
+    seconds = time.perf_counter() - start
+    ids = [p.id for p in pairs]
+    identity = annotator_identity(cfg)
+    if jax.process_index() == 0:
+        scores.write_scores(scores_path(cfg), ids, score_a, score_b, annotator=identity,
+                            tau=cfg.score.tau)
+    weak_a = score_a >= score_b
+    conf = np.tanh(np.abs(score_a - score_b) / 2)
+    summary = {"annotator": identity, "pairs": len(ids), "pairs_per_s": len(ids) / seconds,
+               "accuracy_vs_human": label_accuracy(weak_a, np.ones(len(ids), bool)),
+               "mean_confidence": float(conf.mean())}
+    summary["calibration_vs_human"], summary["ece_vs_human"] = reliability_table(conf, weak_a)
+    gold = common.load_gold(cfg)
+    if gold is not None:
+        gold_a = np.asarray([gold[i][0] > gold[i][1] for i in ids])
+        summary["accuracy_vs_gold"] = label_accuracy(weak_a, gold_a)
+        summary["human_vs_gold"] = label_accuracy(np.ones(len(ids), bool), gold_a)
+        summary["calibration_vs_gold"], summary["ece_vs_gold"] = reliability_table(
+            conf, weak_a == gold_a)
+    common.log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
+                      f"human {summary['accuracy_vs_human']:.1%}" + (
+                          f", vs gold {summary['accuracy_vs_gold']:.1%}" if gold else ""))
+    common.mark_done(cfg, STAGE, summary)
+    return summary

@@ -1,0 +1,46 @@
+"""Shared command line of the launch scripts: --config=configs/x.py --config.a.b=value."""
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, ROOT)
+
+
+def main(stage_fn) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "preset file, e.g. configs/tiny.py",
+                                             lock_config=True)
+
+    def run(argv):
+        del argv
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+        import jax
+
+        from cwpo_jax import sharding
+        from cwpo_jax.stages.config import ConfigError, validate
+        from cwpo_jax.train.loop import NonFiniteError, Preempted
+
+        cfg = config.value
+        if cfg is None:
+            sys.exit("missing --config=configs/<preset>.py")
+        sharding.maybe_initialize_distributed()
+        try:
+            validate(cfg, num_devices=jax.device_count())
+        except ConfigError as e:
+            sys.exit(f"invalid config:\n{e}")
+        try:
+            stage_fn(cfg)
+        except Preempted as e:
+            print(e, file=sys.stderr)
+            sys.exit(0)
+        except NonFiniteError as e:
+            sys.exit(str(e))
+
+    app.run(run)
