@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
 import logging
 import os
@@ -31,32 +30,39 @@ def _is_data_file(name: str) -> bool:
 
 
 def _iter_json_lines(path: str) -> Iterator[tuple[str, Any]]:
-  """(where, row) per non-blank line; row is a SkipRow for undecodable or malformed lines."""
+  """(where, row) per non-blank line; row is a SkipRow for undecodable or malformed lines.
+  Streams line by line; a file whose first non-blank byte is '[' is read as one JSON array."""
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rb") as f:
-    data = f.read()
-  if data.lstrip()[:1] == b"[":  # one JSON array, not JSON lines
-    try:
-      rows = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      yield f"{path}", SkipRow("malformed_json", str(e))
+    head = f.read(4096).lstrip()
+    while not head:  # leading blank space longer than one read
+      chunk = f.read(4096)
+      if not chunk:
+        return
+      head = chunk.lstrip()
+    f.seek(0)
+    if head[:1] == b"[":
+      try:
+        rows = json.loads(f.read().decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        yield f"{path}", SkipRow("malformed_json", str(e))
+        return
+      for i, row in enumerate(rows):
+        yield f"{path} item {i}", row
       return
-    for i, row in enumerate(rows):
-      yield f"{path} item {i}", row
-    return
-  for lineno, raw in enumerate(io.BytesIO(data), start=1):
-    where = f"{path}:{lineno}"
-    if not raw.strip():
-      continue  # blank lines carry no row
-    try:
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      yield where, SkipRow("undecodable_text", str(e))
-      continue
-    try:
-      yield where, json.loads(text)
-    except json.JSONDecodeError as e:
-      yield where, SkipRow("malformed_json", f"{e.msg} (column {e.colno})")
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{path}:{lineno}"
+      if not raw.strip():
+        continue  # blank lines carry no row
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield where, SkipRow("undecodable_text", str(e))
+        continue
+      try:
+        yield where, json.loads(text)
+      except json.JSONDecodeError as e:
+        yield where, SkipRow("malformed_json", f"{e.msg} (column {e.colno})")
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, Any]]:
@@ -214,7 +220,7 @@ def _parser(format: str, columns: Mapping[str, str] | None, source: str | None):
   return lambda row: fn(row, source=source or format)
 
 
-def _rows_for(path_or_name: str, format: str, split: str | None, data_dir: str | None
+def _rows_for(path_or_name: str, split: str | None, data_dir: str | None
               ) -> Iterator[tuple[str, Any]]:
   if path_or_name.startswith("tfds:"):
     yield from tfds_rows(path_or_name, split, data_dir)
@@ -262,7 +268,7 @@ def read_preferences(path_or_name: str, *, format: str, split: str | None = None
 def _read(path_or_name, format, split, strict, parse, report, own_report, data_dir
           ) -> Iterator[PreferencePair]:
   seen: set[str] = set()
-  for where, row in _rows_for(path_or_name, format, split, data_dir):
+  for where, row in _rows_for(path_or_name, split, data_dir):
     try:
       if isinstance(row, SkipRow):
         raise row

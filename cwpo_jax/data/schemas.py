@@ -169,7 +169,8 @@ def resolve_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
   return out
 
 
-def _response(value: Any, field: str, prompt: tuple | None) -> tuple[tuple | None, str]:
+def _response(value: Any, field: str) -> tuple[tuple | None, str]:
+  """A response column: plain text, or a conversation whose last message is the response."""
   if isinstance(value, (list, tuple)):
     msgs = check_messages(value, field)
     head, text = _split_conversation(msgs, field)
@@ -189,8 +190,8 @@ def parse_generic(row: Mapping[str, Any], columns: Mapping[str, str],
     prompt = ({"role": "system", "content": check_text(row[cols["system"]], cols["system"])},
               ) + tuple(prompt)
   if "label" in cols:
-    a = _response(_field(row, cols["response_a"]), cols["response_a"], prompt)[1]
-    b = _response(_field(row, cols["response_b"]), cols["response_b"], prompt)[1]
+    a = _response(_field(row, cols["response_a"]), cols["response_a"])[1]
+    b = _response(_field(row, cols["response_b"]), cols["response_b"])[1]
     label = _field(row, cols["label"])
     if isinstance(label, bool):
       raise SkipRow("bad_label", f"label is {label!r}, expected 0/1 or 'a'/'b'")
@@ -201,8 +202,8 @@ def parse_generic(row: Mapping[str, Any], columns: Mapping[str, str],
     else:
       raise SkipRow("bad_label", f"label is {label!r}, expected 0/1 or 'a'/'b'")
   else:
-    head_c, chosen = _response(_field(row, cols["chosen"]), cols["chosen"], prompt)
-    head_r, rejected = _response(_field(row, cols["rejected"]), cols["rejected"], prompt)
+    head_c, chosen = _response(_field(row, cols["chosen"]), cols["chosen"])
+    head_r, rejected = _response(_field(row, cols["rejected"]), cols["rejected"])
     # Conversations in the response columns must continue the given prompt, not a new one.
     for head, name in ((head_c, "chosen"), (head_r, "rejected")):
       if head is not None and tuple(head) != tuple(prompt):
