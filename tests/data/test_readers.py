@@ -304,3 +304,27 @@ def test_hub_path_lists_filters_and_downloads(tmp_path, monkeypatch):
       "openai/summarize_from_feedback", "comparisons", "refs/convert/parquet")
   with pytest.raises(ValueError, match="owner/name"):
     readers.parse_hub_name("hf:onlyname")
+
+
+_line = st.one_of(
+    st.builds(lambda q, a, b: json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}",
+                                          "rejected": f"\n\nHuman: {q}\n\nAssistant: {b}"}),
+              st.text(max_size=8), st.text(max_size=8), st.text(max_size=8)),
+    st.builds(json.dumps, st.dictionaries(st.sampled_from(["chosen", "rejected", "x"]),
+                                          st.one_of(st.text(max_size=5), st.integers()))),
+    st.text(alphabet=st.characters(blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+            max_size=20))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_line, max_size=15))
+def test_every_row_is_kept_or_counted(tmp_path_factory, lines):
+  path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  rep = ReadReport()
+  pairs = list(read_preferences(str(path), format="hh_rlhf", report=rep))
+  nonblank = sum(1 for l in lines if l.encode("utf-8").strip())  # ASCII whitespace, as read
+  if "\n".join(lines).encode("utf-8").lstrip().startswith(b"["):
+    return  # read as one JSON array; counted as a single malformed row or its items
+  assert rep.rows == nonblank and rep.kept == len(pairs) and rep.kept + rep.n_skipped == nonblank
+  assert len({p.id for p in pairs}) == len(pairs)
