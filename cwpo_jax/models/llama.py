@@ -77,6 +77,8 @@ class LlamaConfig:
             object.__setattr__(self, "rope_scaling", rs)
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        # Fail at load time, not at the first forward, on an unsupported RoPE.
+        layers.rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling_dict)
 
     @property
     def rope_scaling_dict(self) -> dict | None:

@@ -1,0 +1,119 @@
+"""save_pretrained round trips, sharded safetensors, and clear errors on bad checkpoints."""
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from cwpo_jax.models import (from_pretrained, reward_model_from_pretrained, save_pretrained)
+from tests.models.conftest import fixture_dir, golden
+
+
+def _keys(path):
+    return set(load_file(os.path.join(path, "model.safetensors")).keys())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "opt", "opt350", "bert"])
+def test_save_pretrained_round_trip(family, tmp_path):
+    model = from_pretrained(fixture_dir(family))
+    out = tmp_path / family
+    save_pretrained(model, out)
+    # Same tensor names as transformers wrote (so transformers loads it), same logits back.
+    assert _keys(out) == _keys(fixture_dir(family)) - {"embeddings.position_ids"}
+    from transformers import AutoConfig  # config only: no torch needed
+
+    hf_cfg = AutoConfig.from_pretrained(out)
+    ref_cfg = AutoConfig.from_pretrained(fixture_dir(family))
+    for field in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
+                  "num_attention_heads", "tie_word_embeddings"):
+        assert getattr(hf_cfg, field, None) == getattr(ref_cfg, field, None), field
+    if family in ("llama", "qwen2", "mistral"):
+        assert hf_cfg.rope_parameters["rope_theta"] == ref_cfg.rope_parameters["rope_theta"]
+        assert hf_cfg.rope_parameters["rope_type"] == ref_cfg.rope_parameters["rope_type"]
+    reloaded = from_pretrained(str(out))
+    g = golden(f"{family}_golden")
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    np.testing.assert_array_equal(np.asarray(reloaded(ids, mask)), np.asarray(model(ids, mask)))
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "bert"])
+def test_reward_model_round_trip(family, tmp_path):
+    rm = reward_model_from_pretrained(fixture_dir(f"{family}_rm"))
+    save_pretrained(rm, tmp_path / "rm")
+    cfg = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert cfg["architectures"][0].endswith("ForSequenceClassification") and cfg["num_labels"] == 1
+    back = reward_model_from_pretrained(str(tmp_path / "rm"))
+    g = golden(f"{family}_rm_golden")
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    np.testing.assert_allclose(np.asarray(back(ids, mask)), g["rewards"], atol=1e-4)
+
+
+def test_sharded_safetensors_index(tmp_path):
+    src = fixture_dir("llama")
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for fn, ks in shards.items():
+        save_file({k: tensors[k] for k in ks}, str(tmp_path / fn), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: fn for fn, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copy(os.path.join(src, "config.json"), tmp_path / "config.json")
+    g = golden("llama_golden")
+    out = np.asarray(from_pretrained(str(tmp_path))(jnp.asarray(g["input_ids"]),
+                                                     jnp.asarray(g["attention_mask"])))
+    real = g["attention_mask"].astype(bool)
+    np.testing.assert_allclose(out[real], g["logits"][real], atol=1e-4)
+
+
+def _copy(tmp_path, name="llama"):
+    d = tmp_path / name
+    shutil.copytree(fixture_dir(name), d)
+    return d
+
+
+def test_mismatched_shape_names_the_parameter(tmp_path):
+    d = _copy(tmp_path)
+    t = load_file(str(d / "model.safetensors"))
+    t["model.layers.1.self_attn.k_proj.weight"] = t["model.layers.1.self_attn.k_proj.weight"][:8]
+    save_file(t, str(d / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight"):
+        from_pretrained(str(d))
+
+
+def test_missing_tensor_names_the_parameter(tmp_path):
+    d = _copy(tmp_path)
+    t = load_file(str(d / "model.safetensors"))
+    del t["model.layers.0.mlp.up_proj.weight"]
+    save_file(t, str(d / "model.safetensors"))
+    with pytest.raises(KeyError, match=r"model\.layers\.0\.mlp\.up_proj\.weight"):
+        from_pretrained(str(d))
+
+
+def test_unknown_architecture_is_a_clear_error(tmp_path):
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "mamba"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model_type='mamba'"):
+        from_pretrained(str(d))
+
+
+def test_unsupported_rope_type_is_a_clear_error(tmp_path):
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_parameters"]["rope_type"] = "yarn"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="yarn"):
+        from_pretrained(str(d))
+
+
+def test_missing_path_without_hub_fails_loudly(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        from_pretrained(str(tmp_path / "nothing.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        from_pretrained(str(tmp_path / "empty"))
