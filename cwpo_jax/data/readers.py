@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 from cwpo_jax.data import schemas
 from cwpo_jax.data.records import (BadRowError, PreferencePair, ReadReport, SkipRow,

@@ -3,7 +3,6 @@ asset packages are not installed): SmolLM2's GGUF chat tokenizer, MiniLM's BERT 
 import importlib.util
 import os
 
-import numpy as np
 import pytest
 
 from cwpo_jax.data import load_preferences

@@ -2,7 +2,6 @@
 import sys
 
 import grain
-import numpy as np
 import pytest
 
 from cwpo_jax.data import load_preferences, read_preferences
