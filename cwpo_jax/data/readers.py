@@ -141,11 +141,30 @@ def parse_hub_name(name: str) -> tuple[str, str, str | None]:
   return "/".join(parts[:2]), "/".join(parts[2:]), revision
 
 
+def _hub_cached_snapshot(repo_id: str, revision: str | None) -> str:
+  from huggingface_hub import snapshot_download
+  return snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                           local_files_only=True)
+
+
 def hub_files(name: str, split: str | None) -> list[str]:
-  """Downloads (or finds in the HF cache) the data files of a hub dataset split."""
+  """Downloads (or finds in the HF cache) the data files of a hub dataset split. Offline, a
+  snapshot already in the HF cache serves instead."""
   repo_id, sub, revision = parse_hub_name(name)
+  try:
+    listing = _hub_list(repo_id, revision)
+    fetch = lambda f: _hub_download(repo_id, f, revision)
+  except Exception as online_error:  # no network, or HF_HUB_OFFLINE=1
+    try:
+      root = _hub_cached_snapshot(repo_id, revision)
+    except Exception:
+      raise FileNotFoundError(f"hub dataset {name!r}: cannot list it ({online_error}) and no "
+                              "snapshot is in the local HF cache") from online_error
+    listing = sorted(os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
+                     for d, _, names in os.walk(root) for n in names)
+    fetch = lambda f: os.path.join(root, f)
   chosen = []
-  for f in _hub_list(repo_id, revision):
+  for f in listing:
     if sub and not f.startswith(sub.rstrip("/") + "/"):
       continue
     rel = f[len(sub) + 1:] if sub else f
@@ -153,7 +172,7 @@ def hub_files(name: str, split: str | None) -> list[str]:
       chosen.append(f)
   if not chosen:
     raise FileNotFoundError(f"hub dataset {name!r} has no data files for split {split!r}")
-  return [_hub_download(repo_id, f, revision) for f in sorted(chosen)]
+  return [fetch(f) for f in sorted(chosen)]
 
 
 def _to_str(x: Any) -> Any:

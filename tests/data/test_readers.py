@@ -305,6 +305,20 @@ def test_hub_path_lists_filters_and_downloads(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="owner/name"):
     readers.parse_hub_name("hf:onlyname")
 
+  # Offline: listing fails, a cached snapshot serves; without one the error says both.
+  def offline(rid, rev):
+    raise OSError("offline")
+  monkeypatch.setattr(readers, "_hub_list", offline)
+  monkeypatch.setattr(readers, "_hub_cached_snapshot", lambda rid, rev: str(repo))
+  cached = readers.hub_files("hf:Anthropic/hh-rlhf/harmless-base", "train")
+  assert cached == [os.path.join(str(repo), "harmless-base/train.jsonl")]
+
+  def no_cache(rid, rev):
+    raise FileNotFoundError("not cached")
+  monkeypatch.setattr(readers, "_hub_cached_snapshot", no_cache)
+  with pytest.raises(FileNotFoundError, match=r"cannot list it \(offline\) and no snapshot"):
+    readers.hub_files("hf:Anthropic/hh-rlhf", "train")
+
 
 _line = st.one_of(
     st.builds(lambda q, a, b: json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}",
@@ -312,7 +326,7 @@ _line = st.one_of(
               st.text(max_size=8), st.text(max_size=8), st.text(max_size=8)),
     st.builds(json.dumps, st.dictionaries(st.sampled_from(["chosen", "rejected", "x"]),
                                           st.one_of(st.text(max_size=5), st.integers()))),
-    st.text(alphabet=st.characters(blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+    st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
             max_size=20))
 
 
