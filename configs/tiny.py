@@ -13,7 +13,7 @@ def get_config():
     c.data.max_len = 40
     c.data.gold_judge = "lexicon"
     c.data.rater_temperature = 0.3
-    c.annotator.model = "tiny:bert"
+    c.annotator.model = "tiny:llama"
     c.sft.model = "tiny:llama"
     c.score.batch_size = 16
     for section in (c.annotator.train, c.sft.train, c.align.train):
@@ -26,8 +26,9 @@ def get_config():
     c.sft.train.learning_rate = 1e-3
     c.sft.train.epochs = 2.0
     c.align.train.learning_rate = 1e-3
-    c.align.train.epochs = 2.0
-    c.align.train.micro_batches = 2
+    c.align.train.epochs = 3.0
+    c.align.train.batch_size = 16
+    c.align.train.micro_batches = 2  # gradient accumulation end to end
     c.align.chunk_size = 16
     c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
     c.evaluate.gold_judge = "lexicon"

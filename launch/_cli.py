@@ -23,6 +23,13 @@ def main(stage_fn) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
         import jax
 
+        # Stages and methods compile the same programs again: keep compiled XLA on disk.
+        cache = os.environ.get("CWPO_COMPILATION_CACHE",
+                               os.path.join(os.path.expanduser("~"), ".cache", "cwpo_jax", "xla"))
+        if cache:
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
         from cwpo_jax import sharding
         from cwpo_jax.stages.config import ConfigError, validate
         from cwpo_jax.train.loop import NonFiniteError, Preempted

@@ -1,0 +1,119 @@
+"""The tiny pipeline end to end (every stage, every method), reruns, caches and refusals."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cwpo_jax import scores
+from cwpo_jax.stages import align, config as config_lib, pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(output_dir, **overrides):
+    sys.path.insert(0, ROOT)
+    from configs import tiny
+
+    cfg = tiny.get_config()
+    cfg.output_dir = str(output_dir)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        cfg[section][field] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_config(out)
+    config_lib.validate(cfg, num_devices=8)
+    results = pipeline.run(cfg)
+    return cfg, results
+
+
+def test_results_cover_every_method_with_intervals(tiny_run):
+    cfg, results = tiny_run
+    with open(os.path.join(cfg.output_dir, "results.json")) as f:
+        saved = json.load(f)
+    assert set(saved["methods"]) == set(cfg.align.methods)
+    for m in saved["methods"].values():
+        assert 0.0 <= m["ci_low"] <= m["gra"] <= m["ci_high"] <= 1.0
+        assert m["n"] == saved["reference"]["prompts"] > 0
+    a = saved["annotator"]
+    for key in ("accuracy_vs_human", "accuracy_vs_gold", "ece_vs_human", "calibration_vs_human",
+                "heldout_accuracy_vs_human"):
+        assert key in a
+    assert 0.5 < saved["data"]["rater_gold_agreement"] < 1.0
+    assert os.path.exists(os.path.join(cfg.output_dir, "results.md"))
+    # the top-fraction method trains on ceil(0.3 * unlabelled) pairs only
+    n_unlabelled = saved["data"]["sizes"]["unlabelled"]
+    assert saved["methods"]["top_fraction"]["pairs"] == int(np.ceil(0.3 * n_unlabelled - 1e-9))
+    assert saved["methods"]["human_all"]["pairs"] == n_unlabelled + saved["data"]["sizes"]["labelled"]
+
+
+def test_metrics_and_checkpoints_written(tiny_run):
+    cfg, _ = tiny_run
+    for stage in ("annotator", "sft", "align/weak_confidence"):
+        with open(os.path.join(cfg.output_dir, stage, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        assert records and all(np.isfinite(r["loss"]) for r in records)
+        assert os.listdir(os.path.join(cfg.output_dir, stage, "ckpt"))
+
+
+def test_confidence_weights_reach_training(tiny_run):
+    cfg, _ = tiny_run
+    s = scores.read_scores(os.path.join(cfg.output_dir, "score", "scores.jsonl"))
+    with open(os.path.join(cfg.output_dir, "align", "weak_confidence", "done.json")) as f:
+        done = json.load(f)
+    assert done["mean_weight"] == pytest.approx(float(np.mean(s["c1"])), rel=1e-5)
+
+
+def test_rerun_skips_finished_stages_and_hits_reference_cache(tiny_run, capfd):
+    cfg, results = tiny_run
+    cache = os.listdir(os.path.join(cfg.output_dir, "refcache"))
+    assert len(cache) == 1  # one reference pass served every method
+    again = pipeline.run(cfg)
+    err = capfd.readouterr().err
+    assert "annotator exists; skipping" in err and "policy exists; skipping" in err
+    # evaluation is deterministic given the seed
+    for name, m in results["methods"].items():
+        assert again["methods"][name]["gra"] == m["gra"]
+
+
+def test_scores_for_other_data_are_refused(tiny_run):
+    cfg, _ = tiny_run
+    pool = [p.id for p in align.common.load_split(cfg, "labelled")]
+    pool += [p.id for p in align.common.load_split(cfg, "unlabelled")][:-1] + ["someone-else"]
+    with pytest.raises(scores.ScoresError, match="do not match the dataset"):
+        align.method_targets(cfg, "weak", pool, len(pool) - 10)
+
+
+def test_cli_rejects_bad_config_naming_the_field(tmp_path):
+    cmd = [sys.executable, "launch/pipeline.py", "--config=configs/tiny.py",
+           f"--config.output_dir={tmp_path}", "--config.align.beta=-1",
+           "--config.align.label_smoothing=0.7"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "align.beta: must be > 0" in out.stderr
+    assert "align.label_smoothing: must be in [0, 0.5)" in out.stderr
+    assert not os.listdir(tmp_path)  # refused before any compute
+
+
+def test_validate_catches_unknown_keys_and_divisibility():
+    cfg = tiny_config("/tmp/x")
+    cfg.unlock()
+    cfg.align.betta = 0.1
+    with pytest.raises(config_lib.ConfigError, match="align.betta: unknown"):
+        config_lib.validate(cfg)
+    cfg = tiny_config("/tmp/x")
+    cfg.align.train.batch_size = 6
+    cfg.align.train.micro_batches = 1
+    with pytest.raises(config_lib.ConfigError, match="align.train.batch_size: micro-batch 6"):
+        config_lib.validate(cfg, num_devices=8)
+    cfg = tiny_config("/tmp/x")
+    cfg.mesh.data, cfg.mesh.tensor = 4, 4
+    with pytest.raises(config_lib.ConfigError, match="mesh: 16 devices requested"):
+        config_lib.validate(cfg, num_devices=8)
