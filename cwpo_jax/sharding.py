@@ -35,7 +35,9 @@ def maybe_initialize_distributed() -> bool:
     """Start JAX's multi-controller runtime when a launcher set it up; a no-op on one host.
 
     Recognised: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (explicit, also used
-    by our tests with CPU collectives), SLURM (srun) and TPU VM pods, which jax auto-detects.
+    by our tests with CPU collectives); CWPO_DISTRIBUTED=auto (set by launch/tpu_pod.sh and
+    launch/slurm_gpu.sbatch), which lets jax auto-detect the cluster (TPU VM pod, SLURM); and a
+    multi-task SLURM step.
     """
     if jax.distributed.is_initialized():
         return True
@@ -46,11 +48,9 @@ def maybe_initialize_distributed() -> bool:
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
         return True
-    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()  # cluster auto-detection reads the SLURM variables
-        return True
-    if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-        jax.distributed.initialize()
+    multi_task_slurm = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if os.environ.get("CWPO_DISTRIBUTED") == "auto" or multi_task_slurm:
+        jax.distributed.initialize()  # cluster auto-detection (TPU metadata, SLURM variables)
         return True
     return False
 
