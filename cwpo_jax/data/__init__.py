@@ -3,11 +3,22 @@
 Importing this package pulls in only numpy; grain (loader.py) and tensorflow-datasets
 (tfds_builder.py) load only when those modules are imported. See docs/data.md.
 """
-from cwpo_jax.data.records import (BadRowError, PreferencePair, ReadReport, SkipRow,
-                                   content_id)
-from cwpo_jax.data.readers import (FORMATS, HUB_DATASETS, load_preferences, read_preferences,
-                                   write_preferences)
+
+from cwpo_jax.data.records import BadRowError, PreferencePair, ReadReport, SkipRow, content_id
+from cwpo_jax.data.readers import (
+    FORMATS,
+    HUB_DATASETS,
+    load_preferences,
+    read_preferences,
+    write_preferences,
+)
 from cwpo_jax.data.splits import Splits, split_pairs
 from cwpo_jax.data.tokenize import PairTokenizer, TokenizedPair, TokenizedSequence
-from cwpo_jax.data.batching import (collate_pairs, collate_prompts, collate_sequences,
-                                    default_buckets, padding_share, plan_batches)
+from cwpo_jax.data.batching import (
+    collate_pairs,
+    collate_prompts,
+    collate_sequences,
+    default_buckets,
+    padding_share,
+    plan_batches,
+)

@@ -12,6 +12,7 @@ Sequence     input_ids / attention_mask / response_mask [B, T], index [B], weigh
 Prompt       input_ids / attention_mask [B, T] left-padded (generation appends on the right),
              index [B].
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -22,146 +23,190 @@ from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 
 
 def default_buckets(max_len: int, n: int = 4, multiple: int = 8) -> tuple[int, ...]:
-  """n lengths halving down from max_len, each rounded up to a multiple of `multiple`."""
-  out = {max_len}
-  for k in range(1, n):
-    b = -(-(max_len >> k) // multiple) * multiple
-    if b > 0:
-      out.add(b)
-  return tuple(sorted(out))
+    """n lengths halving down from max_len, each rounded up to a multiple of `multiple`."""
+    out = {max_len}
+    for k in range(1, n):
+        b = -(-(max_len >> k) // multiple) * multiple
+        if b > 0:
+            out.add(b)
+    return tuple(sorted(out))
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
-  for b in buckets:
-    if length <= b:
-      return b
-  raise ValueError(f"sequence of {length} tokens exceeds the largest bucket {max(buckets)}; "
-                   "make the tokenizer's max_len no larger than the largest bucket")
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(
+        f"sequence of {length} tokens exceeds the largest bucket {max(buckets)}; "
+        "make the tokenizer's max_len no larger than the largest bucket"
+    )
 
 
 def _check_alignment(name: str, arr, n: int) -> np.ndarray:
-  arr = np.asarray(arr)
-  if arr.shape != (n,):
-    raise ValueError(f"{name} has shape {arr.shape}, expected ({n},): one value per pair")
-  return arr
+    arr = np.asarray(arr)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({n},): one value per pair")
+    return arr
 
 
-def collate_pairs(items: Sequence[TokenizedPair], index: Sequence[int], *, batch_size: int,
-                  buckets: Sequence[int], pad_id: int, swap: np.ndarray | None = None,
-                  weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Stacks chosen rows then rejected rows of the pairs items[index].
+def collate_pairs(
+    items: Sequence[TokenizedPair],
+    index: Sequence[int],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    swap: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Stacks chosen rows then rejected rows of the pairs items[index].
 
-  swap[i] True exchanges chosen and rejected of pair i (weak labels that disagree with the
-  stored order); weights[i] is its loss weight (confidence). Both are indexed like `items`.
-  """
-  index = np.asarray(index, np.int64)
-  if len(index) > batch_size:
-    raise ValueError(f"{len(index)} pairs for a batch of {batch_size}")
-  sel = [items[i] for i in index]
-  longest = max((p.length for p in sel), default=1)
-  t = bucket_length(longest, buckets)
-  b = batch_size
-  ids = np.full((2 * b, t), pad_id, np.int32)
-  attn = np.zeros((2 * b, t), np.int32)
-  resp = np.zeros((2 * b, t), np.int32)
-  w = np.zeros((b,), np.float32)
-  pidx = np.full((b,), -1, np.int32)
-  for row, (i, p) in enumerate(zip(index, sel)):
-    first, second = p.chosen, p.rejected
-    if swap is not None and swap[i]:
-      first, second = second, first
-    n_p = len(p.prompt)
-    for r, response in ((row, first), (b + row, second)):
-      n = n_p + len(response)
-      ids[r, :n_p] = p.prompt
-      ids[r, n_p:n] = response
-      attn[r, :n] = 1
-      resp[r, n_p:n] = 1
-    pidx[row] = i
-    w[row] = 1.0 if weights is None else weights[i]
-  return {"input_ids": ids, "attention_mask": attn, "response_mask": resp,
-          "pair_index": pidx, "weights": w}
-
-
-def collate_sequences(items: Sequence[TokenizedSequence], index: Sequence[int], *,
-                      batch_size: int, buckets: Sequence[int], pad_id: int,
-                      weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Right-padded prompt + response rows (SFT, scoring)."""
-  index = np.asarray(index, np.int64)
-  if len(index) > batch_size:
-    raise ValueError(f"{len(index)} sequences for a batch of {batch_size}")
-  sel = [items[i] for i in index]
-  t = bucket_length(max((s.length for s in sel), default=1), buckets)
-  ids = np.full((batch_size, t), pad_id, np.int32)
-  attn = np.zeros((batch_size, t), np.int32)
-  resp = np.zeros((batch_size, t), np.int32)
-  w = np.zeros((batch_size,), np.float32)
-  idx = np.full((batch_size,), -1, np.int32)
-  for row, (i, s) in enumerate(zip(index, sel)):
-    n_p, n = len(s.prompt), s.length
-    ids[row, :n_p] = s.prompt
-    ids[row, n_p:n] = s.response
-    attn[row, :n] = 1
-    resp[row, n_p:n] = 1
-    idx[row] = i
-    w[row] = 1.0 if weights is None else weights[i]
-  return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "index": idx,
-          "weights": w}
+    swap[i] True exchanges chosen and rejected of pair i (weak labels that disagree with the
+    stored order); weights[i] is its loss weight (confidence). Both are indexed like `items`.
+    """
+    index = np.asarray(index, np.int64)
+    if len(index) > batch_size:
+        raise ValueError(f"{len(index)} pairs for a batch of {batch_size}")
+    sel = [items[i] for i in index]
+    longest = max((p.length for p in sel), default=1)
+    t = bucket_length(longest, buckets)
+    b = batch_size
+    ids = np.full((2 * b, t), pad_id, np.int32)
+    attn = np.zeros((2 * b, t), np.int32)
+    resp = np.zeros((2 * b, t), np.int32)
+    w = np.zeros((b,), np.float32)
+    pidx = np.full((b,), -1, np.int32)
+    for row, (i, p) in enumerate(zip(index, sel)):
+        first, second = p.chosen, p.rejected
+        if swap is not None and swap[i]:
+            first, second = second, first
+        n_p = len(p.prompt)
+        for r, response in ((row, first), (b + row, second)):
+            n = n_p + len(response)
+            ids[r, :n_p] = p.prompt
+            ids[r, n_p:n] = response
+            attn[r, :n] = 1
+            resp[r, n_p:n] = 1
+        pidx[row] = i
+        w[row] = 1.0 if weights is None else weights[i]
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "response_mask": resp,
+        "pair_index": pidx,
+        "weights": w,
+    }
 
 
-def collate_prompts(items: Sequence[TokenizedSequence], index: Sequence[int], *,
-                    batch_size: int, buckets: Sequence[int], pad_id: int
-                    ) -> dict[str, np.ndarray]:
-  """Left-padded prompts for sampling: the last column is every prompt's last token."""
-  index = np.asarray(index, np.int64)
-  if len(index) > batch_size:
-    raise ValueError(f"{len(index)} prompts for a batch of {batch_size}")
-  sel = [items[i] for i in index]
-  t = bucket_length(max((len(s.prompt) for s in sel), default=1), buckets)
-  ids = np.full((batch_size, t), pad_id, np.int32)
-  attn = np.zeros((batch_size, t), np.int32)
-  idx = np.full((batch_size,), -1, np.int32)
-  for row, (i, s) in enumerate(zip(index, sel)):
-    n = len(s.prompt)
-    if n:
-      ids[row, t - n:] = s.prompt
-      attn[row, t - n:] = 1
-    idx[row] = i
-  return {"input_ids": ids, "attention_mask": attn, "index": idx}
+def collate_sequences(
+    items: Sequence[TokenizedSequence],
+    index: Sequence[int],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Right-padded prompt + response rows (SFT, scoring)."""
+    index = np.asarray(index, np.int64)
+    if len(index) > batch_size:
+        raise ValueError(f"{len(index)} sequences for a batch of {batch_size}")
+    sel = [items[i] for i in index]
+    t = bucket_length(max((s.length for s in sel), default=1), buckets)
+    ids = np.full((batch_size, t), pad_id, np.int32)
+    attn = np.zeros((batch_size, t), np.int32)
+    resp = np.zeros((batch_size, t), np.int32)
+    w = np.zeros((batch_size,), np.float32)
+    idx = np.full((batch_size,), -1, np.int32)
+    for row, (i, s) in enumerate(zip(index, sel)):
+        n_p, n = len(s.prompt), s.length
+        ids[row, :n_p] = s.prompt
+        ids[row, n_p:n] = s.response
+        attn[row, :n] = 1
+        resp[row, n_p:n] = 1
+        idx[row] = i
+        w[row] = 1.0 if weights is None else weights[i]
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "response_mask": resp,
+        "index": idx,
+        "weights": w,
+    }
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, *, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True, window: int = 32, drop_remainder: bool = False
-                 ) -> list[np.ndarray]:
-  """Batches of item indices for one epoch; a pure function of its arguments.
+def collate_prompts(
+    items: Sequence[TokenizedSequence],
+    index: Sequence[int],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+) -> dict[str, np.ndarray]:
+    """Left-padded prompts for sampling: the last column is every prompt's last token."""
+    index = np.asarray(index, np.int64)
+    if len(index) > batch_size:
+        raise ValueError(f"{len(index)} prompts for a batch of {batch_size}")
+    sel = [items[i] for i in index]
+    t = bucket_length(max((len(s.prompt) for s in sel), default=1), buckets)
+    ids = np.full((batch_size, t), pad_id, np.int32)
+    attn = np.zeros((batch_size, t), np.int32)
+    idx = np.full((batch_size,), -1, np.int32)
+    for row, (i, s) in enumerate(zip(index, sel)):
+        n = len(s.prompt)
+        if n:
+            ids[row, t - n :] = s.prompt
+            attn[row, t - n :] = 1
+        idx[row] = i
+    return {"input_ids": ids, "attention_mask": attn, "index": idx}
 
-  shuffle=True: permute with (seed, epoch), sort each window of `window` batches by length so
-    rows of similar length share a batch (little padding), then shuffle the batch order.
-  shuffle=False: sort everything by length (stable) and cut; for scoring/eval passes, whose
-    results go back to their pairs through pair_index / index.
-  drop_remainder: drop the one short batch instead of padding it with empty rows.
-  """
-  lengths = np.asarray(lengths)
-  n = len(lengths)
-  if shuffle:
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(n)
-    span = max(1, window) * batch_size
-    order = np.concatenate([
-        perm[s:s + span][np.argsort(lengths[perm[s:s + span]], kind="stable")]
-        for s in range(0, n, span)]) if n else perm
-  else:
-    order = np.argsort(lengths, kind="stable")
-  batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
-  if drop_remainder and batches and len(batches[-1]) < batch_size:
-    batches.pop()
-  if shuffle:
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-  return batches
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    window: int = 32,
+    drop_remainder: bool = False,
+) -> list[np.ndarray]:
+    """Batches of item indices for one epoch; a pure function of its arguments.
+
+    shuffle=True: permute with (seed, epoch), sort each window of `window` batches by length so
+      rows of similar length share a batch (little padding), then shuffle the batch order.
+    shuffle=False: sort everything by length (stable) and cut; for scoring/eval passes, whose
+      results go back to their pairs through pair_index / index.
+    drop_remainder: drop the one short batch instead of padding it with empty rows.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if shuffle:
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(n)
+        span = max(1, window) * batch_size
+        order = (
+            np.concatenate(
+                [
+                    perm[s : s + span][np.argsort(lengths[perm[s : s + span]], kind="stable")]
+                    for s in range(0, n, span)
+                ]
+            )
+            if n
+            else perm
+        )
+    else:
+        order = np.argsort(lengths, kind="stable")
+    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if drop_remainder and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
 
 
 def padding_share(batches: Sequence[Mapping[str, np.ndarray]]) -> float:
-  """Share of token slots that are padding, over all rows (padding rows included)."""
-  total = sum(b["attention_mask"].size for b in batches)
-  real = sum(int(b["attention_mask"].sum()) for b in batches)
-  return 0.0 if total == 0 else 1.0 - real / total
+    """Share of token slots that are padding, over all rows (padding rows included)."""
+    total = sum(b["attention_mask"].size for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    return 0.0 if total == 0 else 1.0 - real / total

@@ -9,6 +9,7 @@ epoch, lengths) and a grain iterator's state, a position, restores it exactly:
   batch = next(it); state = it.get_state()     # save with the train checkpoint
   it2 = iter(ds.to_iter_dataset()); it2.set_state(state)   # continues with the next batch
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,131 +24,226 @@ from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 
 
 class BatchPlan:
-  """Random-access sequence of index arrays over num_epochs (a grain data source)."""
+    """Random-access sequence of index arrays over num_epochs (a grain data source)."""
 
-  def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int, num_epochs: int,
-               shuffle: bool, window: int, drop_remainder: bool):
-    if batch_size <= 0 or num_epochs <= 0:
-      raise ValueError(f"batch_size ({batch_size}) and num_epochs ({num_epochs}) must be > 0")
-    self._lengths = np.asarray(lengths)
-    self._kw = dict(batch_size=batch_size, seed=seed, shuffle=shuffle, window=window,
-                    drop_remainder=drop_remainder)
-    self.num_epochs = num_epochs
-    self._cache: dict[int, list[np.ndarray]] = {}
-    self._lock = threading.Lock()
-    self.per_epoch = len(self._plan(0))
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int,
+        num_epochs: int,
+        shuffle: bool,
+        window: int,
+        drop_remainder: bool,
+    ):
+        if batch_size <= 0 or num_epochs <= 0:
+            raise ValueError(f"batch_size ({batch_size}) and num_epochs ({num_epochs}) must be > 0")
+        self._lengths = np.asarray(lengths)
+        self._kw = dict(
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            window=window,
+            drop_remainder=drop_remainder,
+        )
+        self.num_epochs = num_epochs
+        self._cache: dict[int, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.per_epoch = len(self._plan(0))
 
-  def _plan(self, epoch: int) -> list[np.ndarray]:
-    with self._lock:  # grain reads with several threads
-      plan = self._cache.get(epoch)
-      if plan is None:
-        plan = batching.plan_batches(self._lengths, epoch=epoch, **self._kw)
-        if len(self._cache) >= 2:  # prefetch spans at most one epoch boundary
-          del self._cache[min(self._cache)]
-        self._cache[epoch] = plan
-      return plan
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        with self._lock:  # grain reads with several threads
+            plan = self._cache.get(epoch)
+            if plan is None:
+                plan = batching.plan_batches(self._lengths, epoch=epoch, **self._kw)
+                if len(self._cache) >= 2:  # prefetch spans at most one epoch boundary
+                    del self._cache[min(self._cache)]
+                self._cache[epoch] = plan
+            return plan
 
-  def __getstate__(self):  # picklable for grain worker processes
-    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
+    def __getstate__(self):  # picklable for grain worker processes
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
 
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._cache, self._lock = {}, threading.Lock()
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache, self._lock = {}, threading.Lock()
 
-  def __len__(self) -> int:
-    return self.per_epoch * self.num_epochs
+    def __len__(self) -> int:
+        return self.per_epoch * self.num_epochs
 
-  def __repr__(self) -> str:  # short: grain prints sources in its stats
-    return f"BatchPlan(items={len(self._lengths)}, epochs={self.num_epochs}, **{self._kw})"
+    def __repr__(self) -> str:  # short: grain prints sources in its stats
+        return f"BatchPlan(items={len(self._lengths)}, epochs={self.num_epochs}, **{self._kw})"
 
-  def __getitem__(self, k: int) -> np.ndarray:
-    if not 0 <= k < len(self):
-      raise IndexError(k)
-    return self._plan(k // self.per_epoch)[k % self.per_epoch]
+    def __getitem__(self, k: int) -> np.ndarray:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self._plan(k // self.per_epoch)[k % self.per_epoch]
 
 
 class _HostCollate:
-  """index array -> this host's rows of the global batch. The length bucket comes from the
-  whole global batch, so every host returns the same [rows, T] and the per-host arrays form one
-  global array. A class with a short repr, not a functools.partial: grain names transforms by
-  repr() on first access, and a partial's repr would print every item of the dataset."""
+    """index array -> this host's rows of the global batch. The length bucket comes from the
+    whole global batch, so every host returns the same [rows, T] and the per-host arrays form one
+    global array. A class with a short repr, not a functools.partial: grain names transforms by
+    repr() on first access, and a partial's repr would print every item of the dataset."""
 
-  def __init__(self, collate: Callable, lengths: np.ndarray, buckets: tuple[int, ...],
-               batch_size: int, shard: tuple[int, int]):
-    self.collate, self.lengths, self.buckets = collate, lengths, buckets
-    self.batch_size, self.shard = batch_size, shard
+    def __init__(
+        self,
+        collate: Callable,
+        lengths: np.ndarray,
+        buckets: tuple[int, ...],
+        batch_size: int,
+        shard: tuple[int, int],
+    ):
+        self.collate, self.lengths, self.buckets = collate, lengths, buckets
+        self.batch_size, self.shard = batch_size, shard
 
-  def __call__(self, index: np.ndarray) -> dict:
-    host, hosts = self.shard
-    local = self.batch_size // hosts
-    t = batching.bucket_length(int(self.lengths[index].max()) if len(index) else 1, self.buckets)
-    mine = index[host * local:(host + 1) * local]
-    return self.collate(mine, batch_size=local, buckets=(t,))
+    def __call__(self, index: np.ndarray) -> dict:
+        host, hosts = self.shard
+        local = self.batch_size // hosts
+        t = batching.bucket_length(
+            int(self.lengths[index].max()) if len(index) else 1, self.buckets
+        )
+        mine = index[host * local : (host + 1) * local]
+        return self.collate(mine, batch_size=local, buckets=(t,))
 
-  def __repr__(self) -> str:
-    name = getattr(self.collate, "func", self.collate).__name__
-    return f"{name}(items={len(self.lengths)}, batch_size={self.batch_size}, shard={self.shard})"
-
-
-def _dataset(lengths, collate: Callable, *, batch_size, buckets, seed, num_epochs, shuffle,
-             window, drop_remainder, shard) -> grain.MapDataset:
-  lengths = np.asarray(lengths)
-  plan = BatchPlan(lengths, batch_size, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
-                   window=window, drop_remainder=drop_remainder)
-  host, hosts = shard
-  if not (0 <= host < hosts and batch_size % hosts == 0):
-    raise ValueError(f"shard {shard}: need 0 <= index < count and batch_size ({batch_size}) "
-                     "divisible by the count")
-  fn = _HostCollate(collate, lengths, tuple(buckets), batch_size, shard)
-  return grain.MapDataset.source(plan).map(fn)
+    def __repr__(self) -> str:
+        name = getattr(self.collate, "func", self.collate).__name__
+        return (
+            f"{name}(items={len(self.lengths)}, batch_size={self.batch_size}, shard={self.shard})"
+        )
 
 
-def pair_dataset(items: Sequence[TokenizedPair], *, batch_size: int, buckets: Sequence[int],
-                 pad_id: int, seed: int = 0, num_epochs: int = 1, shuffle: bool = True,
-                 window: int = 32, drop_remainder: bool = False,
-                 swap: np.ndarray | None = None, weights: np.ndarray | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
-  """Pair batches (see batching.collate_pairs). swap [N] bool and weights [N] float32 are
-  indexed like `items` (CW-PO: weak-label orientation and confidence).
-
-  shard=(jax.process_index(), jax.process_count()): every host runs the same plan and returns
-  rows [i*B/n, (i+1)*B/n) of each global batch of B pairs, all with the global batch's length.
-  """
-  n = len(items)
-  if swap is not None:
-    swap = batching._check_alignment("swap", swap, n).astype(bool)
-  if weights is not None:
-    weights = batching._check_alignment("weights", weights, n).astype(np.float32)
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-      raise ValueError("weights must be finite and >= 0")
-  collate = functools.partial(batching.collate_pairs, items, pad_id=pad_id, swap=swap,
-                              weights=weights)
-  return _dataset([p.length for p in items], collate, batch_size=batch_size, buckets=buckets,
-                  seed=seed, num_epochs=num_epochs, shuffle=shuffle, window=window,
-                  drop_remainder=drop_remainder, shard=shard)
-
-
-def sequence_dataset(items: Sequence[TokenizedSequence], *, batch_size: int,
-                     buckets: Sequence[int], pad_id: int, seed: int = 0, num_epochs: int = 1,
-                     shuffle: bool = True, window: int = 32, drop_remainder: bool = False,
-                     weights: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)
-                     ) -> grain.MapDataset:
-  """Single-sequence batches (SFT, scoring; see batching.collate_sequences); shard as in
-  pair_dataset."""
-  if weights is not None:
-    weights = batching._check_alignment("weights", weights, len(items)).astype(np.float32)
-  collate = functools.partial(batching.collate_sequences, items, pad_id=pad_id,
-                              weights=weights)
-  return _dataset([s.length for s in items], collate, batch_size=batch_size, buckets=buckets,
-                  seed=seed, num_epochs=num_epochs, shuffle=shuffle, window=window,
-                  drop_remainder=drop_remainder, shard=shard)
+def _dataset(
+    lengths,
+    collate: Callable,
+    *,
+    batch_size,
+    buckets,
+    seed,
+    num_epochs,
+    shuffle,
+    window,
+    drop_remainder,
+    shard,
+) -> grain.MapDataset:
+    lengths = np.asarray(lengths)
+    plan = BatchPlan(
+        lengths,
+        batch_size,
+        seed=seed,
+        num_epochs=num_epochs,
+        shuffle=shuffle,
+        window=window,
+        drop_remainder=drop_remainder,
+    )
+    host, hosts = shard
+    if not (0 <= host < hosts and batch_size % hosts == 0):
+        raise ValueError(
+            f"shard {shard}: need 0 <= index < count and batch_size ({batch_size}) "
+            "divisible by the count"
+        )
+    fn = _HostCollate(collate, lengths, tuple(buckets), batch_size, shard)
+    return grain.MapDataset.source(plan).map(fn)
 
 
-def prompt_dataset(items: Sequence[TokenizedSequence], *, batch_size: int,
-                   buckets: Sequence[int], pad_id: int, shard: tuple[int, int] = (0, 1)
-                   ) -> grain.MapDataset:
-  """Left-padded prompt batches for sampling, grouped by length, one pass, no shuffle."""
-  collate = functools.partial(batching.collate_prompts, items, pad_id=pad_id)
-  return _dataset([len(s.prompt) for s in items], collate, batch_size=batch_size,
-                  buckets=buckets, seed=0, num_epochs=1, shuffle=False, window=1,
-                  drop_remainder=False, shard=shard)
+def pair_dataset(
+    items: Sequence[TokenizedPair],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    seed: int = 0,
+    num_epochs: int = 1,
+    shuffle: bool = True,
+    window: int = 32,
+    drop_remainder: bool = False,
+    swap: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> grain.MapDataset:
+    """Pair batches (see batching.collate_pairs). swap [N] bool and weights [N] float32 are
+    indexed like `items` (CW-PO: weak-label orientation and confidence).
+
+    shard=(jax.process_index(), jax.process_count()): every host runs the same plan and returns
+    rows [i*B/n, (i+1)*B/n) of each global batch of B pairs, all with the global batch's length.
+    """
+    n = len(items)
+    if swap is not None:
+        swap = batching._check_alignment("swap", swap, n).astype(bool)
+    if weights is not None:
+        weights = batching._check_alignment("weights", weights, n).astype(np.float32)
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("weights must be finite and >= 0")
+    collate = functools.partial(
+        batching.collate_pairs, items, pad_id=pad_id, swap=swap, weights=weights
+    )
+    return _dataset(
+        [p.length for p in items],
+        collate,
+        batch_size=batch_size,
+        buckets=buckets,
+        seed=seed,
+        num_epochs=num_epochs,
+        shuffle=shuffle,
+        window=window,
+        drop_remainder=drop_remainder,
+        shard=shard,
+    )
+
+
+def sequence_dataset(
+    items: Sequence[TokenizedSequence],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    seed: int = 0,
+    num_epochs: int = 1,
+    shuffle: bool = True,
+    window: int = 32,
+    drop_remainder: bool = False,
+    weights: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> grain.MapDataset:
+    """Single-sequence batches (SFT, scoring; see batching.collate_sequences); shard as in
+    pair_dataset."""
+    if weights is not None:
+        weights = batching._check_alignment("weights", weights, len(items)).astype(np.float32)
+    collate = functools.partial(batching.collate_sequences, items, pad_id=pad_id, weights=weights)
+    return _dataset(
+        [s.length for s in items],
+        collate,
+        batch_size=batch_size,
+        buckets=buckets,
+        seed=seed,
+        num_epochs=num_epochs,
+        shuffle=shuffle,
+        window=window,
+        drop_remainder=drop_remainder,
+        shard=shard,
+    )
+
+
+def prompt_dataset(
+    items: Sequence[TokenizedSequence],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    shard: tuple[int, int] = (0, 1),
+) -> grain.MapDataset:
+    """Left-padded prompt batches for sampling, grouped by length, one pass, no shuffle."""
+    collate = functools.partial(batching.collate_prompts, items, pad_id=pad_id)
+    return _dataset(
+        [len(s.prompt) for s in items],
+        collate,
+        batch_size=batch_size,
+        buckets=buckets,
+        seed=0,
+        num_epochs=1,
+        shuffle=False,
+        window=1,
+        drop_remainder=False,
+        shard=shard,
+    )
