@@ -71,3 +71,12 @@ def test_minilm_tokenizer_and_embeddings_match_transformers(minilm):
     real = g["attention_mask"].astype(bool)
     np.testing.assert_allclose(hidden[..., :24][real], g["hidden_slice"][real], atol=1e-4)
     np.testing.assert_allclose(np.asarray(model.pooled(ids, mask)), g["mean_pooled"], atol=1e-4)
+
+
+def test_minilm_as_weak_annotator_scores_each_sequence(minilm):
+    from cwpo_jax.models import reward_model_from_pretrained
+
+    rm = reward_model_from_pretrained(minilm_path(), seed=0)  # fresh head on mean pooling
+    g = golden("minilm_golden")
+    scores = np.asarray(rm(jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])))
+    assert scores.shape == (3,) and np.all(np.abs(scores) < 0.1)
