@@ -34,6 +34,7 @@ class BertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     model_type: str = "bert"
+    remat: bool = False  # recompute each layer in the backward pass (training memory)
 
     @property
     def head_dim(self):
@@ -126,8 +127,9 @@ class BertModel(nnx.Module):
         x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(t)[None])
              + self.token_type_embeddings(token_type_ids))
         x = self.embeddings_norm(x)
+        run = layers.maybe_remat(lambda layer, x, mask: layer(x, mask), self.config.remat)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = run(layer, x, mask)
         return x
 
     def hidden_states(self, input_ids, attention_mask=None):

@@ -47,6 +47,11 @@ def logical_axes(model: nnx.Module):
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def maybe_remat(fn, enabled: bool):
+    """nnx.remat(fn) when enabled: activations of fn are recomputed in the backward pass."""
+    return nnx.remat(fn) if enabled else fn
+
+
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 

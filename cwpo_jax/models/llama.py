@@ -68,6 +68,7 @@ class LlamaConfig:
     pad_token_id: Any = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: bool = False  # recompute each layer in the backward pass (training memory)
 
     def __post_init__(self):
         # Configs are static pytree metadata in NNX graphdefs, so they must be hashable.
@@ -235,9 +236,18 @@ class LlamaForCausalLM(CausalLM):
         inv_freq = layers.rope_inv_freq(self.config.head_dim, self.config.rope_theta,
                                         self.config.rope_scaling_dict)
         x = self.embed_tokens(input_ids)
+        if cache is None:
+            def run(layer, x, positions, kv_valid):
+                return layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
+                             cache=None, cache_index=None)[0]
+
+            run = layers.maybe_remat(run, self.config.remat)
+            for layer in self.layers:
+                x = run(layer, x, positions, kv_valid)
+            return self.norm(x), None
         new_cache = []
         for i, layer in enumerate(self.layers):
             x, c = layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
-                         cache=None if cache is None else cache[i], cache_index=cache_index)
+                         cache=cache[i], cache_index=cache_index)
             new_cache.append(c)
-        return self.norm(x), (None if cache is None else new_cache)
+        return self.norm(x), new_cache

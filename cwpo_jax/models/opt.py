@@ -38,6 +38,7 @@ class OPTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     model_type: str = "opt"
+    remat: bool = False  # recompute each layer in the backward pass (training memory)
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, list):  # hashable: configs are static metadata
@@ -169,13 +170,23 @@ class OPTForCausalLM(CausalLM):
         if self.project_in is not None:
             x = self.project_in(x)
         x = x + self.embed_positions(positions + POSITION_OFFSET)
-        new_cache = []
-        for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions=positions, kv_valid=kv_valid,
-                         cache=None if cache is None else cache[i], cache_index=cache_index)
-            new_cache.append(c)
+        new_cache = None
+        if cache is None:
+            def run(layer, x, positions, kv_valid):
+                return layer(x, positions=positions, kv_valid=kv_valid, cache=None,
+                             cache_index=None)[0]
+
+            run = layers.maybe_remat(run, self.config.remat)
+            for layer in self.layers:
+                x = run(layer, x, positions, kv_valid)
+        else:
+            new_cache = []
+            for i, layer in enumerate(self.layers):
+                x, c = layer(x, positions=positions, kv_valid=kv_valid, cache=cache[i],
+                             cache_index=cache_index)
+                new_cache.append(c)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        return x, (None if cache is None else new_cache)
+        return x, new_cache

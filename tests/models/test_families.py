@@ -136,3 +136,25 @@ def test_reward_model_trains_with_bradley_terry(name):
     for _ in range(5):
         last = float(step(rm, opt))
     assert np.isfinite(last) and last < first
+
+
+@pytest.mark.parametrize("family", ["llama", "opt350", "bert"])
+def test_remat_gives_the_same_gradients(family):
+    import jax
+    from flax import nnx
+
+    g = golden(f"{family}_golden")
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+
+    def grads(model):
+        def loss_fn(m):
+            out = m(ids, mask)
+            return jnp.mean(out.astype(jnp.float32) ** 2)
+        return nnx.jit(lambda m: nnx.grad(loss_fn)(m))(model)
+
+    plain = grads(from_pretrained(fixture_dir(family)))
+    remat_model = from_pretrained(fixture_dir(family), remat=True)
+    assert remat_model.config.remat
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                         atol=1e-6, rtol=1e-5),
+                 plain, grads(remat_model))
