@@ -10,7 +10,11 @@ tests/models/fixtures/:
   smollm2_golden.npz   real SmolLM2-135M-Instruct GGUF: tokenizer ids, top-k logits, greedy ids
   minilm_golden.npz    real all-MiniLM-L6-v2: tokenizer ids, hidden slices, mean-pooled output
 
-Usage: python scripts/make_model_fixtures.py [--skip-real]
+Finally it saves each tiny model with cwpo_jax.save_pretrained and loads that with transformers,
+checking the golden outputs again (the HF-export round trip, which pytest cannot do torch-free).
+
+Needs: torch (CPU), transformers, accelerate (transformers' GGUF loader), and cwpo_jax's deps.
+Usage: python scripts/make_model_fixtures.py [--skip-real] [--skip-export-check]
 """
 from __future__ import annotations
 
@@ -80,6 +84,11 @@ def v4_style(config: tf.PretrainedConfig) -> dict:
     return d
 
 
+def one_label(config) -> dict:
+    d = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    return {**d, "num_labels": 1}
+
+
 def causal_family(name, config, model_cls, rm_cls, *, v4=True, generate=False):
     torch.manual_seed(SEED)
     model = model_cls(config).eval()
@@ -94,7 +103,7 @@ def causal_family(name, config, model_cls, rm_cls, *, v4=True, generate=False):
     np.savez(os.path.join(OUT, f"{name}_golden.npz"), input_ids=ids.astype(np.int32),
              attention_mask=mask.astype(np.int32), logits=logits.astype(np.float32))
 
-    rm_config = config.__class__.from_dict({**config.to_dict(), "num_labels": 1})
+    rm_config = config.__class__.from_dict(one_label(config))
     torch.manual_seed(SEED)
     rm = rm_cls(rm_config).eval()
     randomize(rm)
@@ -168,7 +177,7 @@ def tiny_families():
     np.savez(os.path.join(OUT, "bert_golden.npz"), input_ids=ids.astype(np.int32),
              attention_mask=mask.astype(np.int32), hidden=hidden, mean_pooled=pooled,
              pooler_output=out.pooler_output.numpy())
-    rm_cfg = tf.BertConfig.from_dict({**bert_cfg.to_dict(), "num_labels": 1})
+    rm_cfg = tf.BertConfig.from_dict(one_label(bert_cfg))
     torch.manual_seed(SEED)
     rm = tf.BertForSequenceClassification(rm_cfg).eval()
     randomize(rm)
@@ -262,9 +271,52 @@ def minilm():
              hidden_slice=hidden[:, :, :24].astype(np.float32), mean_pooled=pooled)
 
 
+def check_exports():
+    """cwpo_jax.save_pretrained output must load in transformers and give the golden outputs
+    (the pytest suite cannot check this: it never imports torch)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    import jax.numpy as jnp  # noqa: F401  (cwpo_jax needs jax; torch stays the reference here)
+
+    from cwpo_jax.models import from_pretrained, reward_model_from_pretrained, save_pretrained
+
+    for name in ["llama", "qwen2", "mistral", "opt", "opt350", "bert"]:
+        g = np.load(os.path.join(OUT, f"{name}_golden.npz"))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(from_pretrained(os.path.join(OUT, name)), tmp)
+            cls = tf.AutoModel if name == "bert" else tf.AutoModelForCausalLM
+            model = cls.from_pretrained(tmp).eval()
+            kw = {} if name.startswith(("opt", "bert")) else {
+                "position_ids": torch.tensor(positions(g["attention_mask"]))}
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor(g["input_ids"]).long(),
+                            attention_mask=torch.tensor(g["attention_mask"]).long(), **kw)
+            got = out.last_hidden_state if name == "bert" else out.logits
+            ref = g["hidden"] if name == "bert" else g["logits"]
+            real = g["attention_mask"].astype(bool)
+            err = np.abs(got.numpy()[real] - ref[real]).max()
+            assert err < 1e-4, (name, err)
+        g = np.load(os.path.join(OUT, f"{name}_rm_golden.npz"))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(reward_model_from_pretrained(os.path.join(OUT, f"{name}_rm")), tmp)
+            rm = tf.AutoModelForSequenceClassification.from_pretrained(tmp).eval()
+            kw = {} if name.startswith(("opt", "bert")) else {
+                "position_ids": torch.tensor(positions(g["attention_mask"]))}
+            with torch.no_grad():
+                got = rm(input_ids=torch.tensor(g["input_ids"]).long(),
+                         attention_mask=torch.tensor(g["attention_mask"]).long(),
+                         **kw).logits[:, 0].numpy()
+            err = np.abs(got - g["rewards"]).max()
+            assert err < 1e-4, (name + "_rm", err)
+        print(f"export check {name}: transformers loads cwpo_jax's save_pretrained output")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-export-check", action="store_true")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(1)
@@ -272,6 +324,8 @@ def main():
     if not args.skip_real:
         smollm2()
         minilm()
+    if not args.skip_export_check:
+        check_exports()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(OUT) for f in fs)
     print(f"fixtures: {total / 1e6:.2f} MB under {os.path.abspath(OUT)}")
 

@@ -72,6 +72,7 @@ class BertConfig:
             "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
             "hidden_act": self.hidden_act, "pad_token_id": self.pad_token_id,
             "position_embedding_type": "absolute", "dtype": self.param_dtype,
+            "tie_word_embeddings": True,
         }
 
 

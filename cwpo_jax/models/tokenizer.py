@@ -1,4 +1,4 @@
-"""Tokenizers: transformers AutoTokenizer for HF dirs / hub ids; GGUF metadata -> `tokenizers`.
+"""Tokenizers: tokenizer.json / AutoTokenizer for HF dirs and hub ids; GGUF metadata -> `tokenizers`.
 
 transformers' own GGUF tokenizer path needs torch, so for .gguf files we build the byte-level
 BPE tokenizer (vocab, merges, special tokens, chat template) ourselves and wrap it in a
@@ -99,12 +99,20 @@ def gguf_tokenizer(path: str):
         chat_template=g.field("tokenizer.chat_template"), clean_up_tokenization_spaces=False)
 
 
-def load_tokenizer(path: str):
-    """HF directory or hub id -> AutoTokenizer; `*.gguf` -> tokenizer from its metadata."""
-    if str(path).endswith(".gguf"):
+def load_tokenizer(path: str, *, auto: bool = False):
+    """`*.gguf` -> tokenizer from its metadata. A directory with tokenizer.json -> the generic
+    PreTrainedTokenizerFast over that file (tokenizer.json fully defines the fast tokenizer, and
+    this class does not pull in torch, which transformers' AutoTokenizer imports whenever torch is
+    installed). Otherwise, or with auto=True, or for a hub id: AutoTokenizer."""
+    path = os.fspath(path)
+    if path.endswith(".gguf"):
         if not os.path.exists(path):
             raise FileNotFoundError(path)
         return gguf_tokenizer(path)
+    if not auto and os.path.exists(os.path.join(path, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
