@@ -131,9 +131,9 @@ def causal_family(name, config, model_cls, rm_cls, *, v4=True, generate=False):
 
 
 def tiny_families():
-    common = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-6)
+    common = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+                  "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "rms_norm_eps": 1e-6}
     llama = tf.LlamaConfig(**common, head_dim=8, tie_word_embeddings=False,
                            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
                                             "factor": 8.0, "low_freq_factor": 1.0,
@@ -149,9 +149,9 @@ def tiny_families():
                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     causal_family("mistral", mistral, tf.MistralForCausalLM,
                   tf.MistralForSequenceClassification)
-    opt_common = dict(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
-                      bos_token_id=1, eos_token_id=2)
+    opt_common = {"vocab_size": 128, "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "max_position_embeddings": 64, "pad_token_id": 0,
+                      "bos_token_id": 1, "eos_token_id": 2}
     causal_family("opt", tf.OPTConfig(**opt_common, word_embed_proj_dim=32), tf.OPTForCausalLM,
                   tf.OPTForSequenceClassification, v4=False)
     # OPT-350m shape: post-LN and project_in / project_out (word_embed_proj_dim != hidden).

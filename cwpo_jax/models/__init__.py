@@ -17,19 +17,45 @@ from cwpo_jax.models.checkpoint_hf import load_hf_model, load_hf_reward_model, s
 from cwpo_jax.models.gguf_io import load_gguf_model
 from cwpo_jax.models.layers import LOGICAL_AXES, logical_axes
 from cwpo_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from cwpo_jax.models.lora import (LORA_FILTER, LoRAConfig, LoRALinear, apply_lora, has_lora,
-                                  merge_lora, trainable_filter)
+from cwpo_jax.models.lora import (
+    LORA_FILTER,
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    has_lora,
+    merge_lora,
+    trainable_filter,
+)
 from cwpo_jax.models.opt import OPTConfig, OPTForCausalLM
 from cwpo_jax.models.reward import RewardModel
 from cwpo_jax.models.sampling import Generation, generate, sample_logits
 from cwpo_jax.models.tokenizer import load_tokenizer
 
 __all__ = [
-    "from_pretrained", "reward_model_from_pretrained", "load_tokenizer", "save_pretrained",
-    "logical_axes", "LOGICAL_AXES", "LlamaConfig", "LlamaForCausalLM", "OPTConfig",
-    "OPTForCausalLM", "BertConfig", "BertModel", "RewardModel", "LoRAConfig", "LoRALinear",
-    "LORA_FILTER", "apply_lora", "merge_lora", "has_lora", "trainable_filter", "generate",
-    "Generation", "sample_logits", "resolve_path",
+    "LOGICAL_AXES",
+    "LORA_FILTER",
+    "BertConfig",
+    "BertModel",
+    "Generation",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "LoRAConfig",
+    "LoRALinear",
+    "OPTConfig",
+    "OPTForCausalLM",
+    "RewardModel",
+    "apply_lora",
+    "from_pretrained",
+    "generate",
+    "has_lora",
+    "load_tokenizer",
+    "logical_axes",
+    "merge_lora",
+    "resolve_path",
+    "reward_model_from_pretrained",
+    "sample_logits",
+    "save_pretrained",
+    "trainable_filter",
 ]
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]

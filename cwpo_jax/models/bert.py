@@ -41,21 +41,21 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "BertConfig":
+    def from_hf(cls, hf: dict, **overrides) -> BertConfig:
         if hf.get("model_type", "bert") != "bert":
             raise ValueError(f"model_type={hf.get('model_type')!r} is not 'bert'")
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type={hf['position_embedding_type']!r} is not "
                              "supported (only 'absolute')")
-        kw = dict(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_hidden_layers=hf["num_hidden_layers"],
-            num_attention_heads=hf["num_attention_heads"],
-            max_position_embeddings=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            hidden_act=hf.get("hidden_act", "gelu"), pad_token_id=hf.get("pad_token_id", 0))
+        kw = {
+            "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+            "intermediate_size": hf["intermediate_size"],
+            "num_hidden_layers": hf["num_hidden_layers"],
+            "num_attention_heads": hf["num_attention_heads"],
+            "max_position_embeddings": hf.get("max_position_embeddings", 512),
+            "type_vocab_size": hf.get("type_vocab_size", 2),
+            "layer_norm_eps": hf.get("layer_norm_eps", 1e-12),
+            "hidden_act": hf.get("hidden_act", "gelu"), "pad_token_id": hf.get("pad_token_id", 0)}
         kw.update(overrides)
         if kw.get("pooling", "mean") not in POOLINGS:
             raise ValueError(f"pooling={kw['pooling']!r} must be one of {POOLINGS}")
@@ -79,7 +79,7 @@ class BertConfig:
 class BertLayer(nnx.Module):
     def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs):
         d = cfg.hidden_size
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        kw = {"dtype": dtype, "param_dtype": param_dtype}
         self.attention = layers.Attention(d, cfg.num_attention_heads, cfg.num_attention_heads,
                                           cfg.head_dim, qkv_bias=True, o_bias=True,
                                           causal=False, rngs=rngs, **kw)
@@ -104,7 +104,7 @@ class BertModel(nnx.Module):
         self.config = config
         dtype, param_dtype = layers.as_dtype(config.dtype), layers.as_dtype(config.param_dtype)
         self.dtype = dtype
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        kw = {"dtype": dtype, "param_dtype": param_dtype}
         d = config.hidden_size
         self.word_embeddings = layers.Embed(config.vocab_size, d, rngs=rngs, **kw)
         self.position_embeddings = layers.Embed(config.max_position_embeddings, d,

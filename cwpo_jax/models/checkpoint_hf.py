@@ -10,9 +10,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -141,7 +140,7 @@ class TensorStore:
         self._handles = {fn: safe_open(os.path.join(path, fn), framework="flax") for fn in files}
         self._where = {}
         for fn, h in self._handles.items():
-            for k in h.keys():
+            for k in h:
                 self._where[k] = fn
         self.path = path
 
@@ -247,7 +246,7 @@ def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: 
     store = TensorStore(path)
     get = _store_getter(store)
     head_names = ("classifier.weight",) if cfg.model_type == "bert" else ("score.weight",)
-    has_head = any(n in store.keys() for n in head_names)
+    has_head = any(n in store for n in head_names)
     if has_head and get(head_names[0]).shape[0] != 1:
         raise ValueError(f"{path}: {head_names[0]} has {get(head_names[0]).shape[0]} labels; "
                          "a reward model needs exactly 1")

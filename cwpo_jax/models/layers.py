@@ -7,7 +7,7 @@ a sharding module maps the names to mesh axes with one rules table (see `logical
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -239,7 +239,7 @@ class Attention(nnx.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_attention_heads={num_heads} is not a multiple of "
                              f"num_key_value_heads={num_kv_heads}")
-        kw = dict(dtype=dtype, param_dtype=param_dtype, init_std=init_std, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "init_std": init_std, "rngs": rngs}
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal, self.sliding_window = causal, sliding_window
         self.q_proj = Linear(dim, (num_heads, head_dim), in_axes=("embed",),

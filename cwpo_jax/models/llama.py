@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from cwpo_jax.models import layers
@@ -86,7 +84,7 @@ class LlamaConfig:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
     @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "LlamaConfig":
+    def from_hf(cls, hf: dict, **overrides) -> LlamaConfig:
         mt = hf.get("model_type", "llama")
         if mt not in LLAMA_MODEL_TYPES:
             raise ValueError(f"model_type={mt!r} is not a Llama-family model {LLAMA_MODEL_TYPES}")
@@ -107,18 +105,18 @@ class LlamaConfig:
             qkv_bias, o_bias = True, False
         else:
             qkv_bias = o_bias = bool(hf.get("attention_bias", False))
-        kw = dict(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"], num_hidden_layers=n_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(hf.get("mlp_bias", False)),
-            hidden_act=hf.get("hidden_act", "silu"), sliding_windows=windows,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048), model_type=mt,
-            bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"))
+        kw = {
+            "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+            "intermediate_size": hf["intermediate_size"], "num_hidden_layers": n_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": hf.get("num_key_value_heads") or heads, "head_dim": head_dim,
+            "rms_norm_eps": hf.get("rms_norm_eps", 1e-6), "rope_theta": theta, "rope_scaling": scaling,
+            "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+            "attention_bias": qkv_bias, "o_bias": o_bias, "mlp_bias": bool(hf.get("mlp_bias", False)),
+            "hidden_act": hf.get("hidden_act", "silu"), "sliding_windows": windows,
+            "max_position_embeddings": hf.get("max_position_embeddings", 2048), "model_type": mt,
+            "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
+            "pad_token_id": hf.get("pad_token_id")}
         kw.update(overrides)
         return cls(**kw)
 
@@ -161,7 +159,7 @@ class LlamaConfig:
 
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs):
-        kw = dict(use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"use_bias": cfg.mlp_bias, "dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         d, f = cfg.hidden_size, cfg.intermediate_size
         self.gate_proj = layers.Linear(d, f, in_axes=("embed",), out_axes=("mlp",), **kw)
         self.up_proj = layers.Linear(d, f, in_axes=("embed",), out_axes=("mlp",), **kw)

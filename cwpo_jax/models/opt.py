@@ -61,24 +61,24 @@ class OPTConfig:
         return self.do_layer_norm_before and not self.remove_final_layer_norm
 
     @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "OPTConfig":
+    def from_hf(cls, hf: dict, **overrides) -> OPTConfig:
         if hf.get("model_type", "opt") != "opt":
             raise ValueError(f"model_type={hf.get('model_type')!r} is not 'opt'")
         if not hf.get("enable_bias", True) or not hf.get("layer_norm_elementwise_affine", True):
             raise ValueError("OPT configs with enable_bias=False or "
                              "layer_norm_elementwise_affine=False are not supported")
-        kw = dict(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], ffn_dim=hf["ffn_dim"],
-            num_hidden_layers=hf["num_hidden_layers"],
-            num_attention_heads=hf["num_attention_heads"],
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            word_embed_proj_dim=hf.get("word_embed_proj_dim"),
-            do_layer_norm_before=hf.get("do_layer_norm_before", True),
-            remove_final_layer_norm=hf.get("_remove_final_layer_norm", False),
-            activation_function=hf.get("activation_function", "relu"),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True),
-            bos_token_id=hf.get("bos_token_id", 2), eos_token_id=hf.get("eos_token_id", 2),
-            pad_token_id=hf.get("pad_token_id", 1))
+        kw = {
+            "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"], "ffn_dim": hf["ffn_dim"],
+            "num_hidden_layers": hf["num_hidden_layers"],
+            "num_attention_heads": hf["num_attention_heads"],
+            "max_position_embeddings": hf.get("max_position_embeddings", 2048),
+            "word_embed_proj_dim": hf.get("word_embed_proj_dim"),
+            "do_layer_norm_before": hf.get("do_layer_norm_before", True),
+            "remove_final_layer_norm": hf.get("_remove_final_layer_norm", False),
+            "activation_function": hf.get("activation_function", "relu"),
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+            "bos_token_id": hf.get("bos_token_id", 2), "eos_token_id": hf.get("eos_token_id", 2),
+            "pad_token_id": hf.get("pad_token_id", 1)}
         kw.update(overrides)
         return cls(**kw)
 
@@ -103,7 +103,7 @@ class OPTConfig:
 class OPTLayer(nnx.Module):
     def __init__(self, cfg: OPTConfig, *, dtype, param_dtype, rngs):
         d = cfg.hidden_size
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        kw = {"dtype": dtype, "param_dtype": param_dtype}
         self.pre_ln = cfg.do_layer_norm_before
         self.self_attn = layers.Attention(d, cfg.num_attention_heads, cfg.num_attention_heads,
                                           cfg.head_dim, qkv_bias=True, o_bias=True, causal=True,
@@ -139,7 +139,7 @@ class OPTForCausalLM(CausalLM):
         self.config = config
         dtype, param_dtype = layers.as_dtype(config.dtype), layers.as_dtype(config.param_dtype)
         self.dtype = dtype
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        kw = {"dtype": dtype, "param_dtype": param_dtype}
         d, p = config.hidden_size, config.proj_dim
         self.embed_tokens = layers.Embed(config.vocab_size, p, rngs=rngs, **kw)
         self.embed_positions = layers.Embed(config.max_position_embeddings + POSITION_OFFSET, d,

@@ -5,7 +5,12 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cwpo_jax.models import LOGICAL_AXES, from_pretrained, logical_axes, reward_model_from_pretrained
+from cwpo_jax.models import (
+    LOGICAL_AXES,
+    from_pretrained,
+    logical_axes,
+    reward_model_from_pretrained,
+)
 from tests.models.conftest import fixture_dir
 
 RULES = {"vocab": "tensor", "embed": "fsdp", "q_heads": "tensor", "kv_heads": "tensor",
@@ -17,8 +22,8 @@ def test_logical_axes_cover_every_param(name):
     model = from_pretrained(fixture_dir(name))
     axes = logical_axes(model)
     params = nnx.state(model, nnx.Param)
-    is_axes = lambda x: isinstance(x, tuple)  # noqa: E731
-    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    is_axes = lambda x: isinstance(x, tuple)
+    is_var = lambda x: isinstance(x, nnx.Variable)
     assert jax.tree.structure(axes, is_leaf=is_axes) == jax.tree.structure(params, is_leaf=is_var)
     for names, value in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(params)):
         assert len(names) == value.ndim

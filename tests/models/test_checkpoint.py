@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from cwpo_jax.models import (from_pretrained, reward_model_from_pretrained, save_pretrained)
+from cwpo_jax.models import from_pretrained, reward_model_from_pretrained, save_pretrained
 from tests.models.conftest import fixture_dir, golden
 
 
@@ -26,7 +26,8 @@ def test_save_pretrained_round_trip(family, tmp_path):
     # The config carries every field transformers wrote for this model, with equal values
     # (scripts/make_model_fixtures.py also loads such an export with transformers itself).
     ours = json.loads((out / "config.json").read_text())
-    ref = json.loads(open(os.path.join(fixture_dir(family), "config.json")).read())
+    with open(os.path.join(fixture_dir(family), "config.json")) as f:
+        ref = json.load(f)
     for field in ("model_type", "architectures", "hidden_size", "intermediate_size", "ffn_dim",
                   "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "head_dim", "vocab_size", "tie_word_embeddings", "rope_parameters",
@@ -142,7 +143,7 @@ def test_models_package_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, cwpo_jax.models as m; m.from_pretrained(%r); "
-            "assert 'torch' not in sys.modules, 'torch imported'" % fixture_dir("opt"))
+    code = (f"import sys, cwpo_jax.models as m; m.from_pretrained({fixture_dir('opt')!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

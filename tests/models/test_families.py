@@ -1,6 +1,5 @@
 """Golden parity against transformers (PyTorch) on tiny random checkpoints, fp32 at 1e-4."""
 import json
-import os
 import shutil
 
 import jax.numpy as jnp

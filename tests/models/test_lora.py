@@ -6,8 +6,17 @@ import optax
 import pytest
 from flax import nnx
 
-from cwpo_jax.models import (LoRAConfig, LoRALinear, apply_lora, from_pretrained, has_lora,
-                             logical_axes, merge_lora, save_pretrained, trainable_filter)
+from cwpo_jax.models import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    from_pretrained,
+    has_lora,
+    logical_axes,
+    merge_lora,
+    save_pretrained,
+    trainable_filter,
+)
 from tests.models.conftest import fixture_dir, golden
 
 
