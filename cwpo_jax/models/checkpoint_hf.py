@@ -140,12 +140,15 @@ class TensorStore:
         self._handles = {fn: safe_open(os.path.join(path, fn), framework="flax") for fn in files}
         self._where = {}
         for fn, h in self._handles.items():
-            for k in h:
+            for k in h.keys():  # noqa: SIM118  (safe_open handles are not iterable)
                 self._where[k] = fn
         self.path = path
 
     def keys(self):
         return self._where.keys()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
 
     def get(self, name: str) -> np.ndarray:
         return np.asarray(self._handles[self._where[name]].get_tensor(name))
