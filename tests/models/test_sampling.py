@@ -92,3 +92,14 @@ def test_top_p_keeps_the_nucleus_only():
     assert (tiny == 0).all()
     greedy = np.asarray(sample_logits(logits, keys, jnp.float32(0.0), jnp.float32(1.0)))
     assert (greedy == 0).all()
+
+
+def test_bf16_model_generates_with_a_bf16_cache():
+    model = from_pretrained(fixture_dir("llama"), dtype="bfloat16")
+    assert model.init_cache(1, 4)[0][0].dtype == jnp.bfloat16
+    ids = np.array([[5, 9, 17, 33]], np.int32)
+    gen = generate(model, ids, key=jax.random.key(0), max_new_tokens=5, temperature=0.7,
+                   top_p=0.9, eos_token_id=[])
+    toks = np.asarray(gen.tokens)
+    assert toks.shape == (1, 5) and toks.dtype == np.int32
+    assert ((toks >= 0) & (toks < 128)).all() and np.asarray(gen.mask).all()
