@@ -54,14 +54,21 @@ def read_scores(path: str, *, expected_ids: Sequence[str] | None = None,
     with rows in `expected_ids` order when given. Refuses (ScoresError) non-finite scores,
     confidences outside [0, 1], duplicated, missing or extra ids, a different dataset or a
     different annotator."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise ScoresError(f"{path}: not a UTF-8 text file ({e})") from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
     if not lines:
         raise ScoresError(f"{path}: empty scores file")
     try:
         header = json.loads(lines[0])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise ScoresError(f"{path}:1: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ScoresError(f"{path}:1: header is a {type(header).__name__}, expected an object")
     if header.get("format") != FORMAT:
         raise ScoresError(f"{path}:1: format {header.get('format')!r}, expected {FORMAT!r}")
     if expected_annotator is not None and header.get("annotator") != expected_annotator:
@@ -71,10 +78,16 @@ def read_scores(path: str, *, expected_ids: Sequence[str] | None = None,
     for lineno, line in enumerate(lines[1:], start=2):
         try:
             row = json.loads(line)
-            pair_id = str(row["id"])
-            values = [float(row[k]) for k in ("score_a", "score_b", *conf_lib.CONFIDENCE_KINDS)]
+            pair_id = row["id"]
+            if not isinstance(pair_id, str):
+                raise TypeError(f"id is {type(pair_id).__name__}, expected str")
+            values = []
+            for k in ("score_a", "score_b", *conf_lib.CONFIDENCE_KINDS):
+                if isinstance(row[k], bool) or not isinstance(row[k], (int, float)):
+                    raise TypeError(f"{k} is {type(row[k]).__name__}, expected a number")
+                values.append(float(row[k]))
             label = row["weak_label"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
             raise ScoresError(f"{path}:{lineno}: malformed row ({type(e).__name__}: {e})") from None
         if not all(math.isfinite(v) for v in values):
             raise ScoresError(f"{path}:{lineno}: non-finite score or confidence for id {pair_id!r}")

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import re
+import zlib
 from typing import Any, Iterable, Iterator, Mapping
 
 from cwpo_jax.data import schemas
 from cwpo_jax.data.records import (
+    BadFileError,
     BadRowError,
     PreferencePair,
     ReadReport,
@@ -36,9 +38,26 @@ def _is_data_file(name: str) -> bool:
     return name.endswith(_EXTS)
 
 
+def _loads(text: str | bytes) -> Any:
+    """json.loads, with every way a line can fail to parse as a ValueError: malformed JSON,
+    integers over Python's digit limit, nesting deeper than the recursion limit."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _iter_json_lines(path: str) -> Iterator[tuple[str, Any]]:
     """(where, row) per non-blank line; row is a SkipRow for undecodable or malformed lines.
-    Streams line by line; a file whose first non-blank byte is '[' is read as one JSON array."""
+    Streams line by line; a file whose first non-blank byte is '[' is read as one JSON array.
+    A file that cannot be read at all (corrupt or truncated gzip) raises BadFileError."""
+    try:
+        yield from _json_rows(path)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise BadFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
+
+
+def _json_rows(path: str) -> Iterator[tuple[str, Any]]:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         head = f.read(4096).lstrip()
@@ -50,8 +69,8 @@ def _iter_json_lines(path: str) -> Iterator[tuple[str, Any]]:
         f.seek(0)
         if head[:1] == b"[":
             try:
-                rows = json.loads(f.read().decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                rows = _loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
                 yield f"{path}", SkipRow("malformed_json", str(e))
                 return
             for i, row in enumerate(rows):
@@ -67,20 +86,28 @@ def _iter_json_lines(path: str) -> Iterator[tuple[str, Any]]:
                 yield where, SkipRow("undecodable_text", str(e))
                 continue
             try:
-                yield where, json.loads(text)
+                yield where, _loads(text)
             except json.JSONDecodeError as e:
                 yield where, SkipRow("malformed_json", f"{e.msg} (column {e.colno})")
+            except ValueError as e:
+                yield where, SkipRow("malformed_json", str(e)[:200])
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq  # optional dependency, only for parquet files
 
-    pf = pq.ParquetFile(path)
     i = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            i += 1
-            yield f"{path} row {i}", row
+    try:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                i += 1
+                yield f"{path} row {i}", row
+    except (pa.ArrowException, OSError) as e:  # not parquet, truncated, corrupt pages
+        raise BadFileError(
+            f"{path}: cannot read the parquet file after {i} rows ({type(e).__name__}: {e})"
+        ) from None
 
 
 def iter_rows(path: str) -> Iterator[tuple[str, Any]]:
@@ -232,10 +259,15 @@ def parse_pair_record(row: Mapping[str, Any]) -> PreferencePair:
     if "prompt" in row:
         prompt = check_messages(row["prompt"], "prompt")
     elif "prompt_roles" in row and "prompt_contents" in row:
+        roles, contents = row["prompt_roles"], row["prompt_contents"]
+        if not isinstance(roles, (list, tuple)) or not isinstance(contents, (list, tuple)):
+            raise SkipRow("wrong_type", "prompt_roles / prompt_contents are not lists")
+        if len(roles) != len(contents):
+            raise SkipRow("bad_message", "prompt_roles and prompt_contents differ in length")
         prompt = check_messages(
             [
                 {"role": r, "content": c}
-                for r, c in zip(row["prompt_roles"], row["prompt_contents"])
+                for r, c in zip(roles, contents)
             ],
             "prompt",
         )
@@ -362,12 +394,20 @@ def _read(
 def write_preferences(pairs: Iterable[PreferencePair], path: str) -> int:
     """Writes pairs as JSON lines (format='pairs'); returns the count. Stages hand data on
     through such files."""
+    from cwpo_jax.io_utils import atomic_open  # stdlib only
+
     n = 0
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
+    # Temp file + rename: a crash never leaves a half-written file under the final name.
+    with atomic_open(path, "wb") as raw:
+        if path.endswith(".gz"):
+            f = gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0)
+        else:
+            f = raw
         for p in pairs:
-            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+            f.write((json.dumps(p.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
             n += 1
+        if f is not raw:
+            f.close()  # writes the gzip trailer; leaves `raw` open for atomic_open
     return n
 
 

@@ -106,6 +106,10 @@ class BadRowError(ValueError):
         self.reason = reason
 
 
+class BadFileError(ValueError):
+    """A data file that cannot be read at all (corrupt gzip or parquet); names the file."""
+
+
 @dataclasses.dataclass
 class ReadReport:
     """Counts of rows read, kept and skipped (per reason), with a few locations per reason.

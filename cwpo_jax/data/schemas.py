@@ -112,8 +112,9 @@ def parse_tldr(row: Mapping[str, Any], source: str = "tldr") -> PreferencePair:
             raise SkipRow("missing_field", f"summaries[{i}] has no 'text'")
         texts.append(check_text(s["text"], f"summaries[{i}].text").strip())
     choice = _field(row, "choice")
-    if isinstance(choice, bool) or choice not in (0, 1):
+    if isinstance(choice, bool) or not isinstance(choice, (int, float)) or choice not in (0, 1):
         raise SkipRow("bad_label", f"'choice' is {choice!r}, expected 0 or 1")
+    choice = int(choice)  # JSON may carry 1.0
     prompt = [{"role": "user", "content": tldr_prompt(info)}]
     info_id = info.get("id")
     return make_pair(

@@ -43,10 +43,10 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
                      str(cfg.align.chunk_size).encode())
     cache = common.path(cfg, "refcache", f"{key}.npz")
     if os.path.exists(cache):
-        with np.load(cache) as f:
-            if list(f["ids"]) == list(ids):
-                common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
-                return f["chosen"], f["rejected"]
+        cached = _read_cache(cache, ids)
+        if cached is not None:
+            common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
+            return cached
     common.log(STAGE, "reference log-probs: computing (one jitted pass)")
     ref = models.from_pretrained(ref_path)
     batch_size = cfg.score.batch_size
@@ -67,6 +67,25 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
     if jax.process_index() == 0:
         with atomic_open(cache, "wb") as f:
             np.savez(f, ids=np.asarray(ids), chosen=chosen, rejected=rejected)
+    return chosen, rejected
+
+
+def _read_cache(cache: str, ids) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (chosen, rejected) log-probs, or None (with a message) when the file is
+    unreadable, made for other pairs, or holds NaN/inf: then it is computed again."""
+    try:
+        with np.load(cache) as f:
+            cached_ids, chosen, rejected = list(f["ids"]), f["chosen"], f["rejected"]
+    except Exception as e:  # truncated or corrupt npz (zipfile / pickle / value errors)
+        common.log(STAGE, f"reference cache {cache} is unreadable ({type(e).__name__}: {e}); "
+                          "recomputing")
+        return None
+    if cached_ids != list(ids) or chosen.shape != (len(ids),) or rejected.shape != (len(ids),):
+        common.log(STAGE, f"reference cache {cache} was made for other pairs; recomputing")
+        return None
+    if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
+        common.log(STAGE, f"reference cache {cache} holds NaN/inf; recomputing")
+        return None
     return chosen, rejected
 
 

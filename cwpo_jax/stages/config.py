@@ -47,6 +47,19 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
           f"need 0 < max_prompt_len ({d.max_prompt_len}) < max_len ({d.max_len})")
     check(d.source == "file" or d.rater_temperature > 0, "data.rater_temperature",
           "must be > 0 for simulated raters")
+    check(d.num_pairs >= 0, "data.num_pairs", f"must be >= 0, got {d.num_pairs}")
+    check(d.source == "file" or d.num_pairs > 0, "data.num_pairs",
+          f"must be > 0 for data.source={d.source}")
+    if d.source != "file" and d.num_pairs > 0 and not errors:
+        n = d.num_pairs  # one prompt per generated pair: split sizes are known now
+        n_eval = round(n * d.eval_fraction)
+        n_labelled = round(n * d.labelled_fraction)
+        for field, size, what in (("data.eval_fraction", n_eval, "eval"),
+                                  ("data.labelled_fraction", n_labelled, "labelled"),
+                                  ("data.labelled_fraction", n - n_eval - n_labelled,
+                                   "unlabelled")):
+            check(size > 0, field, f"leaves the {what} split of {n} pairs empty "
+                                   f"(labelled {d.labelled_fraction}, eval {d.eval_fraction})")
     a = cfg.align
     check(a.loss in losses.PAIR_LOSSES, "align.loss", f"{a.loss!r} not in {losses.PAIR_LOSSES}")
     check(a.beta > 0, "align.beta", f"must be > 0, got {a.beta}")
@@ -59,7 +72,10 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     for m in a.methods:
         check(m in METHODS, "align.methods", f"{m!r} not in {METHODS}")
     check(a.chunk_size >= 0, "align.chunk_size", "must be >= 0")
+    check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
+    check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
     check(cfg.score.tau > 0, "score.tau", f"must be > 0, got {cfg.score.tau}")
+    check(cfg.score.batch_size > 0, "score.batch_size", f"must be > 0, got {cfg.score.batch_size}")
     for name in ("annotator", "sft", "align"):
         t = cfg[name].train
         field = f"{name}.train"
@@ -72,12 +88,22 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
               f"{t.compute_dtype!r} is not float32 or bfloat16")
         check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
               f"{t.schedule!r} is not cosine or constant")
+        check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+        check(t.max_steps >= 0, f"{field}.max_steps", f"must be >= 0, got {t.max_steps}")
+        check(t.weight_decay >= 0, f"{field}.weight_decay", f"must be >= 0, got {t.weight_decay}")
+        check(t.grad_clip >= 0, f"{field}.grad_clip", f"must be >= 0, got {t.grad_clip}")
+        check(t.log_every > 0, f"{field}.log_every", f"must be > 0, got {t.log_every}")
+        check(t.save_every >= 0, f"{field}.save_every", f"must be >= 0 (0: only at the end), got "
+                                                        f"{t.save_every}")
+        check(t.keep_checkpoints > 0, f"{field}.keep_checkpoints",
+              f"must be > 0, got {t.keep_checkpoints}")
     check(bool(cfg.annotator.model), "annotator.model", "is required")
     check(bool(cfg.sft.model), "sft.model", "is required")
     e = cfg.evaluate
     check(e.temperature >= 0, "evaluate.temperature", "must be >= 0")
     check(0 < e.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {e.top_p}")
     check(e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
+    check(e.batch_size > 0, "evaluate.batch_size", f"must be > 0, got {e.batch_size}")
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]
     check(all(s == -1 or s > 0 for s in sizes) and sizes.count(-1) <= 1, "mesh",
@@ -85,14 +111,24 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     if num_devices is not None and sizes.count(-1) == 0:
         total = mesh.data * mesh.fsdp * mesh.tensor
         check(total <= num_devices, "mesh", f"{total} devices requested, {num_devices} present")
+    if num_devices is not None and sizes.count(-1) == 1 and not errors:
+        fixed = -mesh.data * mesh.fsdp * mesh.tensor  # product of the other two axes
+        check(num_devices % fixed == 0, "mesh",
+              f"sizes {sizes}: the fixed axes need {fixed} devices, which does not divide the "
+              f"{num_devices} present")
     if num_devices is not None and not errors:
-        fixed = mesh.fsdp * mesh.tensor * (1 if mesh.data == -1 else mesh.data)
-        data_parallel = (num_devices // fixed if mesh.data == -1 else mesh.data) * mesh.fsdp
+        fixed = -(mesh.data * mesh.fsdp * mesh.tensor) if -1 in sizes else 1
+        data, fsdp, _ = [num_devices // fixed if s == -1 else s for s in sizes]
+        data_parallel = data * fsdp
         for name in ("annotator", "sft", "align"):
             t = cfg[name].train
             micro = t.batch_size // t.micro_batches
             check(micro % data_parallel == 0, f"{name}.train.batch_size",
                   f"micro-batch {micro} is not divisible by the data-parallel size "
                   f"{data_parallel} (mesh data x fsdp)")
+        # Scoring and reference passes put both responses of score.batch_size pairs in a batch.
+        check(2 * cfg.score.batch_size % data_parallel == 0, "score.batch_size",
+              f"2 x {cfg.score.batch_size} rows per scoring batch are not divisible by the "
+              f"data-parallel size {data_parallel} (mesh data x fsdp)")
     if errors:
         raise ConfigError("\n".join(errors))
