@@ -71,7 +71,11 @@ def resolve_path(path: str) -> str:
         raise FileNotFoundError(f"GGUF file not found: {path}")
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id=path, allow_patterns=_HUB_PATTERNS)
+    local = snapshot_download(repo_id=path, allow_patterns=_HUB_PATTERNS)
+    if not any(f.endswith(".safetensors") for f in os.listdir(local)):
+        # Older repos (e.g. facebook/opt-125m) may only have torch pickles and Flax weights.
+        local = snapshot_download(repo_id=path, allow_patterns=[*_HUB_PATTERNS, "*.msgpack"])
+    return local
 
 
 def from_pretrained(path, *, dtype="float32", param_dtype=None, **overrides):

@@ -116,42 +116,75 @@ def read_config(path: str) -> dict:
 
 
 class TensorStore:
-    """Lazy access to the safetensors of an HF directory (single file or sharded index)."""
+    """Lazy access to an HF directory's weights under PyTorch-style names: safetensors (single
+    file or sharded index), else a transformers-Flax `flax_model.msgpack` (older hub repos such
+    as facebook/opt-125m ship one; it is read without torch and renamed / transposed)."""
 
     def __init__(self, path: str):
         from safetensors import safe_open
 
         index = os.path.join(path, "model.safetensors.index.json")
         single = os.path.join(path, "model.safetensors")
+        self.path = path
+        self._flax = None
         if os.path.exists(index):
             with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
+                files = sorted(set(json.load(f)["weight_map"].values()))
         elif os.path.exists(single):
             files = ["model.safetensors"]
-            weight_map = None
+        elif os.path.exists(os.path.join(path, FLAX_MSGPACK)):
+            self._flax = read_flax_msgpack(os.path.join(path, FLAX_MSGPACK))
+            return
         else:
             if any(f.endswith(".bin") for f in os.listdir(path)):
                 raise FileNotFoundError(f"{path}: only PyTorch .bin weights; convert them to "
                                         "safetensors (cwpo_jax reads no torch pickles)")
-            raise FileNotFoundError(f"{path}: no model.safetensors or "
-                                    "model.safetensors.index.json")
+            raise FileNotFoundError(f"{path}: no model.safetensors, "
+                                    f"model.safetensors.index.json or {FLAX_MSGPACK}")
         # framework="flax" reads bf16 too (numpy has no native bf16).
         self._handles = {fn: safe_open(os.path.join(path, fn), framework="flax") for fn in files}
         self._where = {}
         for fn, h in self._handles.items():
             for k in h.keys():  # noqa: SIM118  (safe_open handles are not iterable)
                 self._where[k] = fn
-        self.path = path
 
     def keys(self):
-        return self._where.keys()
+        return self._flax.keys() if self._flax is not None else self._where.keys()
 
     def __contains__(self, name: str) -> bool:
-        return name in self._where
+        return name in self.keys()
 
     def get(self, name: str) -> np.ndarray:
+        if self._flax is not None:
+            return self._flax[name]
         return np.asarray(self._handles[self._where[name]].get_tensor(name))
+
+
+FLAX_MSGPACK = "flax_model.msgpack"
+
+
+def read_flax_msgpack(file: str) -> dict[str, np.ndarray]:
+    """transformers-Flax params -> {PyTorch-style name: array}: Dense `kernel` [in, out] becomes
+    `weight` [out, in]; `embedding` and LayerNorm `scale` become `weight`."""
+    from flax import serialization
+    from flax.traverse_util import flatten_dict
+
+    with open(file, "rb") as f:
+        tree = serialization.msgpack_restore(f.read())
+    tree = tree.get("params", tree)
+    out = {}
+    for path, value in flatten_dict(tree).items():
+        *mods, leaf = (str(p) for p in path)
+        value = np.asarray(value)
+        if leaf == "kernel":
+            if value.ndim != 2:
+                raise ValueError(f"{file}: {'.'.join(path)} is a {value.ndim}-D kernel; only "
+                                 "Dense (2-D) kernels are supported")
+            value, leaf = value.T, "weight"
+        elif leaf in ("embedding", "scale"):
+            leaf = "weight"
+        out[".".join([*mods, leaf])] = np.ascontiguousarray(value)
+    return out
 
 
 def _linear_modules(model) -> dict:

@@ -147,3 +147,32 @@ def test_models_package_never_imports_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+@pytest.mark.parametrize("family", ["opt", "bert", "llama"])
+def test_transformers_flax_msgpack_weights(family, tmp_path):
+    # Write the fixture the way transformers' Flax classes stored weights (nested dict, Dense
+    # kernels [in, out], `embedding` / LayerNorm `scale` names) and load it without safetensors.
+    from flax import serialization
+    from flax.traverse_util import unflatten_dict
+
+    tensors = load_file(os.path.join(fixture_dir(family), "model.safetensors"))
+    flat = {}
+    for name, value in tensors.items():
+        *mods, leaf = name.split(".")
+        if leaf == "weight" and value.ndim == 2:
+            emb = mods[-1].endswith("embeddings") or mods[-1].startswith("embed")
+            value, leaf = (value, "embedding") if emb else (value.T, "kernel")
+        elif leaf == "weight" and ("LayerNorm" in mods[-1] or "layer_norm" in mods[-1]):
+            leaf = "scale"
+        flat[(*mods, leaf)] = value
+    d = tmp_path / family
+    d.mkdir()
+    (d / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(unflatten_dict(flat)))
+    shutil.copy(os.path.join(fixture_dir(family), "config.json"), d / "config.json")
+    g = golden(f"{family}_golden")
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    out = np.asarray(from_pretrained(str(d))(ids, mask))
+    ref = g["hidden"] if family == "bert" else g["logits"]
+    real = g["attention_mask"].astype(bool)
+    np.testing.assert_allclose(out[real], ref[real], atol=1e-4)
