@@ -10,7 +10,7 @@ if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
 
 
 def main(stage_fn) -> None:
-    from absl import app, flags
+    from absl import app
     from ml_collections import config_flags
 
     config = config_flags.DEFINE_config_file("config", None, "preset file, e.g. configs/tiny.py",

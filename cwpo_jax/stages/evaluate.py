@@ -7,18 +7,17 @@ share of prompts where the policy's response scores higher (ties count half), wi
 """
 from __future__ import annotations
 
-import functools
 import json
 
 import jax
 import numpy as np
 
 from cwpo_jax import gold as gold_lib
-from cwpo_jax import models
-from cwpo_jax.data.batching import collate_prompts, plan_batches
+from cwpo_jax import report, scores
 from cwpo_jax.evaluation import gold_reward_accuracy
 from cwpo_jax.io_utils import atomic_open, write_json
 from cwpo_jax.stages import common, sft
+from cwpo_jax.stages import score as score_stage
 
 STAGE = "eval"
 
@@ -35,32 +34,10 @@ def eval_prompts(cfg) -> list:
 
 
 def sample(cfg, model_path: str, prompts, *, seed: int, name: str) -> list[str]:
-    """One sampled response per prompt, decoded to text (special tokens dropped)."""
-    tok = models.load_tokenizer(model_path)
-    model = models.from_pretrained(model_path)
-    encode = common.pair_tokenizer(cfg, tok)
-    items = encode.encode_prompt_only(prompts)
     e = cfg.evaluate
-    collate = functools.partial(collate_prompts, items, batch_size=e.batch_size,
-                                buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
-    texts = [None] * len(items)
-    key = jax.random.key(seed)
-    plan = plan_batches([len(s.prompt) for s in items], e.batch_size, shuffle=False)
-    for b, index in enumerate(plan):
-        batch = collate(index)
-        # Rows that only pad a short batch still need one real token for the left-padded sampler.
-        ids, mask = batch["input_ids"].copy(), batch["attention_mask"].copy()
-        mask[:, -1] = 1
-        out = models.generate(model, ids, mask, key=jax.random.fold_in(key, b),
-                              max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                              top_p=e.top_p, eos_token_id=tok.eos_token_id,
-                              pad_token_id=common.pad_id(tok))
-        tokens, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
-        for row, i in enumerate(batch["index"]):
-            if i >= 0:
-                texts[i] = tok.decode(tokens[row][gen_mask[row] > 0], skip_special_tokens=True)
-        common.log(name, f"sampled {min((b + 1) * e.batch_size, len(items))}/{len(items)} prompts")
-    return texts
+    return common.sample_texts(cfg, model_path, prompts, seed=seed,
+                               max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                               top_p=e.top_p, batch_size=e.batch_size, name=name)
 
 
 def _write_samples(cfg, name, prompts, texts, scores_):
@@ -71,7 +48,12 @@ def _write_samples(cfg, name, prompts, texts, scores_):
 
 
 def results_markdown(results: dict) -> str:
-    lines = ["| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained |",
+    cfg = results["config"]
+    lines = [f"Student {cfg['sft']['model']} (reference = "
+             f"{'its SFT' if cfg['sft']['enabled'] else 'the model as given'}), weak annotator "
+             f"{cfg['annotator']['model']} trained on {100 * cfg['data']['labelled_fraction']:.0f}%"
+             f" human labels, loss {cfg['align']['loss']} (beta {cfg['align']['beta']}).", "",
+             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained |",
              "|---|---|---|---|---|"]
     for name, m in results["methods"].items():
         lines.append(f"| {name} | {100 * m['gra']:.1f} | [{100 * m['ci_low']:.1f}, "
@@ -122,5 +104,11 @@ def run(cfg) -> dict:
         write_json(common.path(cfg, "results.json"), results)
         with atomic_open(common.path(cfg, "results.md")) as f:
             f.write(results_markdown(results))
+        gold = common.load_gold(cfg)
+        scored = scores.read_scores(score_stage.scores_path(cfg))
+        gold_a = None if gold is None else np.asarray(
+            [gold[i][0] > gold[i][1] for i in scored["ids"]])
+        for plot in report.write_plots(cfg.output_dir, results, scored, gold_a):
+            common.log(STAGE, f"wrote {plot}")
     print(results_markdown(results))
     return results

@@ -9,7 +9,6 @@ in the config) give the human label; the gold scores are kept in data/gold.json.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 

@@ -5,7 +5,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import jax
 import numpy as np

@@ -10,7 +10,6 @@ ref_logps ([2B], the cached reference log-probs in the same row order).
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from cwpo_jax import losses

@@ -1,0 +1,126 @@
+"""PNG plots of a finished run: GRA per method with intervals, the annotator's confidence split
+by correct / incorrect weak labels, its reliability diagram, and training curves."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gra(results: dict, path: str) -> None:
+    plt = _plt()
+    names = list(results["methods"])
+    gra = np.array([results["methods"][n]["gra"] for n in names]) * 100
+    low = np.array([results["methods"][n]["ci_low"] for n in names]) * 100
+    high = np.array([results["methods"][n]["ci_high"] for n in names]) * 100
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
+    ax.bar(names, gra, color="#4c72b0", yerr=[gra - low, high - gra], capsize=6)
+    ax.axhline(50, color="grey", lw=1, ls="--", label="no change vs reference")
+    ax.set_ylabel("GRA vs reference (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Gold-reward win rate, 95% bootstrap CI ({results['reference']['prompts']} "
+                 f"prompts)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confidence(score_a, score_b, correct, path: str, *, against: str) -> None:
+    plt = _plt()
+    conf = np.tanh(np.abs(np.asarray(score_a) - np.asarray(score_b)) / 2)
+    correct = np.asarray(correct, bool)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(conf[correct], bins=bins, alpha=0.7, label=f"weak label = {against} ({correct.sum()})")
+    ax.hist(conf[~correct], bins=bins, alpha=0.7,
+            label=f"weak label != {against} ({(~correct).sum()})")
+    ax.set_xlabel("annotator confidence C1")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"Confidence of correct and wrong weak labels (vs {against})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(rows: list[dict], ece: float, path: str, *, against: str) -> None:
+    plt = _plt()
+    used = [r for r in rows if r["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0.5, 1], [0.5, 1], color="grey", ls="--", lw=1, label="calibrated")
+    ax.plot([r["mean_p"] for r in used], [r["accuracy"] for r in used], "o-",
+            label=f"annotator (ECE {ece:.3f})")
+    for r in used:
+        ax.annotate(str(r["count"]), (r["mean_p"], r["accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("stated P(weak label right) = sigmoid(|delta|)")
+    ax.set_ylabel(f"observed agreement with {against}")
+    ax.set_xlim(0.5, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Reliability diagram")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training(curves: dict[str, list[dict]], path: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, records in curves.items():
+        steps = [r["step"] for r in records]
+        axes[0].plot(steps, [r["loss"] for r in records], label=name)
+        key = "reward_margin" if "reward_margin" in records[0] else None
+        if key:
+            axes[1].plot(steps, [r[key] for r in records], label=name)
+    axes[0].set_title("training loss")
+    axes[1].set_title("implicit reward margin (beta * log-ratio)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(output_dir: str, results: dict, scores: dict, gold_a_wins=None) -> list[str]:
+    """All plots of a run into output_dir/plots; returns the file paths."""
+    plots = os.path.join(output_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    out = [os.path.join(plots, "gra.png")]
+    plot_gra(results, out[-1])
+    weak_a = scores["score_a"] >= scores["score_b"]
+    truth, against = (gold_a_wins, "gold") if gold_a_wins is not None else (
+        np.ones_like(weak_a), "human")
+    out.append(os.path.join(plots, "confidence_hist.png"))
+    plot_confidence(scores["score_a"], scores["score_b"], weak_a == truth, out[-1],
+                    against=against)
+    a = results["annotator"]
+    key = f"calibration_vs_{against}"
+    out.append(os.path.join(plots, "reliability.png"))
+    plot_reliability(a[key], a[f"ece_vs_{against}"], out[-1], against=against)
+    curves = {}
+    for stage in ["annotator"] + [f"align/{m}" for m in results["methods"]]:
+        metrics = os.path.join(output_dir, stage, "metrics.jsonl")
+        if os.path.exists(metrics):
+            curves[stage] = read_metrics(metrics)
+    if curves:
+        out.append(os.path.join(plots, "training.png"))
+        plot_training(curves, out[-1])
+    return out
