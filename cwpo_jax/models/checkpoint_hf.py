@@ -261,13 +261,22 @@ def _store_getter(store: TensorStore):
     return lambda name: store.get(name) if name in keys else None
 
 
+def _detect_overrides(hf: dict, store: TensorStore, overrides: dict) -> dict:
+    """Config facts only the weights tell: BERT saved without its pooler."""
+    if hf.get("model_type") == "bert" and "has_pooler" not in overrides:
+        overrides = {**overrides, "has_pooler": any(
+            n in store for n in ("pooler.dense.weight", "bert.pooler.dense.weight"))}
+    return overrides
+
+
 def load_hf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
     """HF directory -> causal LM (Llama family / OPT) or BertModel, weights loaded."""
     hf = read_config(path)
-    cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype, **overrides)
+    store = TensorStore(path)
+    cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype,
+                                  **_detect_overrides(hf, store, overrides))
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    return load_params(abstract, _store_getter(TensorStore(path)),
-                       lambda p: hf_name(cfg.model_type, p))
+    return load_params(abstract, _store_getter(store), lambda p: hf_name(cfg.model_type, p))
 
 
 def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: int = 0,
@@ -278,8 +287,9 @@ def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: 
     if hf.get("model_type") in LLAMA_MODEL_TYPES:
         # The LM head is unused under a reward head; tying drops it (and its memory).
         overrides.setdefault("tie_word_embeddings", True)
-    cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype, **overrides)
     store = TensorStore(path)
+    cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype,
+                                  **_detect_overrides(hf, store, overrides))
     get = _store_getter(store)
     head_names = ("classifier.weight",) if cfg.model_type == "bert" else ("score.weight",)
     has_head = any(n in store for n in head_names)

@@ -176,3 +176,16 @@ def test_transformers_flax_msgpack_weights(family, tmp_path):
     ref = g["hidden"] if family == "bert" else g["logits"]
     real = g["attention_mask"].astype(bool)
     np.testing.assert_allclose(out[real], ref[real], atol=1e-4)
+
+
+def test_bert_without_pooler_loads(tmp_path):
+    d = _copy(tmp_path, "bert")
+    t = load_file(str(d / "model.safetensors"))
+    for k in [k for k in t if k.startswith("pooler.")]:
+        del t[k]
+    save_file(t, str(d / "model.safetensors"))
+    model = from_pretrained(str(d))
+    assert model.pooler is None
+    g = golden("bert_golden")
+    out = np.asarray(model.pooled(jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])))
+    np.testing.assert_allclose(out, g["mean_pooled"], atol=1e-4)
