@@ -23,17 +23,39 @@ class Generation(NamedTuple):
     mask: jax.Array    # [B, N] int32; 1 for generated tokens (EOS included), 0 after it
 
 
+def nucleus_threshold(probs, top_p, iterations: int = 32):
+    """Per row, the largest probability t such that the tokens with p >= t hold at least top_p
+    of the mass: the nucleus of top-p sampling, [B, 1].
+
+    Found by bisection on t (each step one masked sum over the vocabulary) instead of sorting
+    the vocabulary every decode step, which dominated the step time on CPU (0.32 s of 0.58 s
+    at batch 32 x 49k vocab). Tokens tied at the threshold are all kept.
+    """
+    lo = jnp.zeros(probs.shape[:-1] + (1,), probs.dtype)  # mass(lo) >= top_p always holds
+    hi = jnp.max(probs, axis=-1, keepdims=True)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        mass = jnp.sum(jnp.where(probs >= mid, probs, 0.0), axis=-1, keepdims=True)
+        ok = mass >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, body, (lo, hi))
+    # hi itself may still qualify (e.g. the top token alone reaches top_p).
+    top_mass = jnp.sum(jnp.where(probs >= hi, probs, 0.0), axis=-1, keepdims=True)
+    return jnp.where(top_mass >= top_p, hi, lo)
+
+
 def sample_logits(logits, key, temperature, top_p):
     """logits [B, V] float32 -> ids [B]. temperature <= 0 means greedy; top_p in (0, 1]."""
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)
-    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    cum = jnp.cumsum(probs, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
-    keep = (cum - probs) < top_p
-    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    filtered = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
+    probs = jax.nn.softmax(scaled, axis=-1)
+    # Keep the smallest set of most likely tokens whose mass reaches top_p (never empty: the
+    # threshold is at most the top probability).
+    keep = (probs >= nucleus_threshold(probs, top_p)) | (top_p >= 1.0)
+    filtered = jnp.where(keep, scaled, -jnp.inf)
     sampled = jax.random.categorical(key, filtered, axis=-1)
     return jnp.where(temperature <= 0, greedy, sampled).astype(jnp.int32)
 
