@@ -296,9 +296,10 @@ def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: 
     if has_head and get(head_names[0]).shape[0] != 1:
         raise ValueError(f"{path}: {head_names[0]} has {get(head_names[0]).shape[0]} labels; "
                          "a reward model needs exactly 1")
-    head_bias = cfg.model_type == "bert" and has_head
+    # Encoders score like BertForSequenceClassification: tanh(pooler(CLS)) -> Linear with bias,
+    # for loaded and fresh heads alike, so a trained annotator exports to HF exactly.
+    head_bias = cfg.model_type == "bert"
     if head_bias and "pooling" not in overrides:
-        # BertForSequenceClassification scores tanh(pooler(CLS)); keep its semantics.
         cfg = dataclasses.replace(cfg, pooling="pooler")
     backbone = load_params(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))),
                            get, lambda p: hf_name(cfg.model_type, p))
