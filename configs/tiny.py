@@ -13,7 +13,7 @@ def get_config():
     c.data.max_len = 40
     c.data.gold_judge = "lexicon"
     c.data.rater_temperature = 0.3
-    c.annotator.model = "tiny:llama"
+    c.annotator.model = "tiny:bert"
     c.sft.model = "tiny:llama"
     c.score.batch_size = 16
     for section in (c.annotator.train, c.sft.train, c.align.train):
