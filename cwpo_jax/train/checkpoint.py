@@ -17,6 +17,7 @@ Faults (RELIABILITY.md):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -79,9 +80,49 @@ def fingerprints(flat: dict) -> dict[str, int]:
     return {k: int(v) for k, v in _fingerprints(flat).items()}
 
 
+def _os_reason(e: BaseException) -> str | None:
+    """'No space left on device', 'Read-only file system', ... if an OS error is behind `e`
+    (also when TensorStore reports it inside a ValueError as os_error_code)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return os.strerror(int(code.group(1))) if code else None
+
+
 def _short(e: BaseException, limit: int = 300) -> str:
     text = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _release_orbax_waiters() -> int:
+    """After a save that failed early (e.g. a read-only folder), Orbax 0.12 leaves non-daemon
+    background threads waiting up to its async timeout (minutes) for signals the failed save
+    never sends, and the process cannot exit until they give up. Cancel them and send the
+    signals they wait for. Returns how many were released."""
+    import threading
+
+    try:
+        from orbax.checkpoint._src.futures import future, signaling_client
+    except ImportError:  # another Orbax layout: nothing to release
+        return 0
+    released = 0
+    for thread in threading.enumerate():
+        if type(thread).__name__ != "_SignalingThread" or not thread.is_alive():
+            continue
+        try:
+            thread._cancelled = True
+            client = signaling_client.get_signaling_client()
+            for sig in thread._receive_signals:
+                key = future.AwaitableSignalsContract.get_unique_awaitable_singal_key(
+                    sig, thread._operation_id)
+                client.key_value_set(key, "released after a failed save", allow_overwrite=True)
+            released += 1
+        except Exception:  # private API changed: leave the thread to its timeout
+            continue
+    return released
 
 
 class Checkpointer:
@@ -95,7 +136,10 @@ class Checkpointer:
                   f"(interrupted while writing; removed): {', '.join(partial)}", file=sys.stderr)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "extra": ocp.JsonCheckpointHandler()})
 
     def partial_saves(self) -> list[str]:
         """Temporary folders of saves that never committed (the process died while writing)."""
@@ -119,10 +163,13 @@ class Checkpointer:
             self.manager.save(step, args=args, force=True)
             self.manager.wait_until_finished()
         except Exception as e:
+            _release_orbax_waiters()
             self.manager.reload()  # its in-memory step list is stale after a failed save
             kept = self.all_steps()
+            reason = _os_reason(e)
             raise CheckpointError(
-                f"saving checkpoint step {step} to {self.directory} failed ({_short(e)}); "
+                f"saving checkpoint step {step} to {self.directory} failed: "
+                f"{reason + ' (' + _short(e, 200) + ')' if reason else _short(e)}; "
                 f"earlier checkpoints are untouched: {kept or 'none'}") from e
 
     def restore(self, template, step: int | None = None):
@@ -209,9 +256,9 @@ class Checkpointer:
         leaves = []
         for key, like in template_flat.items():
             value = flat[key]
-            if np.shape(value) != np.shape(like):
+            if np.shape(value) != np.shape(_to_storable(like)):
                 raise ValueError(f"checkpoint {where}: {key} has shape "
-                                 f"{np.shape(value)}, expected {np.shape(like)}")
+                                 f"{np.shape(value)}, expected {np.shape(_to_storable(like))}")
             if _is_key(like):
                 value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(like))
             leaves.append(value)

@@ -19,14 +19,14 @@ def xla_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("xla-cache"))
 
 
-def job(workdir, *args, cache=None):
+def job(workdir, *args, cache=None, steps=8, timeout=300):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if cache:  # same programs in every run: compile once
         env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, "-m", "tests.reliability.train_job", str(workdir),
-                           "--steps", "8", "--save-every", "2", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--steps", str(steps), "--save-every", "2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def losses(workdir) -> dict[int, float]:

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=int, default=3)
     p.add_argument("--kill", default="")
     p.add_argument("--nan-at", type=int, default=None)
+    p.add_argument("--ckpt-dir", default=None, help="default: WORKDIR/ckpt")
     args = p.parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
             feeder.kill_after = int(at)
         else:
             install_save_hook(where, int(at))
-    ckpt = checkpoint.Checkpointer(os.path.join(args.workdir, "ckpt"), keep=args.keep)
+    ckpt = checkpoint.Checkpointer(args.ckpt_dir or os.path.join(args.workdir, "ckpt"),
+                                   keep=args.keep)
     logger = MetricsLogger(args.workdir, name="job", total_steps=args.steps, tensorboard=False)
     try:
         loop.train(step_fn=step_fn, state=state, frozen=frozen, batches=feeder, mesh=mesh,
