@@ -1,0 +1,163 @@
+"""The real pipeline stages (configs/tiny.py) under faults: NaN in a batch of the align stage,
+a corrupt reference cache, a crash between a stage's output and its done marker; and
+determinism: the same config and seed twice give identical metrics, model and scores files."""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from cwpo_jax import models
+from cwpo_jax.stages import align, annotator, common, prepare, score, sft
+from cwpo_jax.train.loop import NonFiniteError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMING_KEYS = {"tokens_per_s", "padded_tokens_per_s", "mfu"}
+
+
+def tiny_config(output_dir):
+    sys.path.insert(0, ROOT)
+    from configs import tiny
+
+    cfg = tiny.get_config()
+    cfg.output_dir = str(output_dir)
+    cfg.annotator.train.log_every = 1
+    cfg.align.train.log_every = 1
+    cfg.align.train.save_every = 2
+    cfg.align.methods = ("weak_confidence",)
+    return cfg
+
+
+def run_until_score(cfg):
+    for stage in (prepare, annotator, score):
+        stage.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("first"))
+    run_until_score(cfg)
+    sft.run(cfg)
+    return cfg
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_same_config_and_seed_give_identical_outputs(first_run, tmp_path):
+    cfg_b = tiny_config(tmp_path)
+    run_until_score(cfg_b)
+    a, b = first_run.output_dir, cfg_b.output_dir
+    for name in ("labelled", "unlabelled", "eval", "gold"):
+        ext = "json" if name == "gold" else "jsonl"
+        assert read_bytes(f"{a}/data/{name}.{ext}") == read_bytes(f"{b}/data/{name}.{ext}"), name
+    metrics_a = read_metrics(f"{a}/annotator/metrics.jsonl")
+    assert len(metrics_a) > 5 and metrics_a == read_metrics(f"{b}/annotator/metrics.jsonl")
+    assert (read_bytes(f"{a}/annotator/model/model.safetensors")
+            == read_bytes(f"{b}/annotator/model/model.safetensors"))
+    lines_a = read_bytes(f"{a}/score/scores.jsonl").splitlines()
+    lines_b = read_bytes(f"{b}/score/scores.jsonl").splitlines()
+    assert len(lines_a) > 10 and lines_a[1:] == lines_b[1:]  # every row, byte for byte
+    head_a, head_b = json.loads(lines_a[0]), json.loads(lines_b[0])
+    assert head_a["annotator"]["sha256"] == head_b["annotator"]["sha256"]
+    head_a["annotator"].pop("path"), head_b["annotator"].pop("path")  # the run folders differ
+    assert head_a == head_b
+
+
+def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, monkeypatch,
+                                                                   capfd):
+    cfg = first_run
+    stage = "align/weak_confidence"
+    real = align.collate_pairs
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        if "swap" in kwargs:  # training batches (the reference pass passes no swap)
+            calls["n"] += 1
+            if calls["n"] in (7, 8):  # both micro-batches of step 4
+                batch["weights"] = np.full_like(batch["weights"], np.nan)
+        return batch
+
+    monkeypatch.setattr(align, "collate_pairs", poisoned)
+    ckpt_dir = common.path(cfg, stage, "ckpt")
+    with pytest.raises(NonFiniteError, match=rf"\[{stage}\] step 4: loss nan .* not finite; "
+                                             rf"stopped without applying it. Last good "
+                                             rf"checkpoint: {ckpt_dir}/2"):
+        align.run_method(cfg, "weak_confidence")
+    assert not common.is_done(cfg, stage)
+    assert not os.path.exists(common.path(cfg, stage, "model"))
+    assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [2]
+    monkeypatch.undo()
+    capfd.readouterr()
+    summary = align.run_method(cfg, "weak_confidence")
+    assert f"resumed from {ckpt_dir}/2" in capfd.readouterr().err
+    assert common.is_done(cfg, stage) and os.path.exists(summary["policy"])
+    with open(common.path(cfg, stage, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def _reference_inputs(cfg):
+    ref_path = sft.reference_path(cfg)
+    tok = models.load_tokenizer(ref_path)
+    pool = common.load_split(cfg, "labelled") + common.load_split(cfg, "unlabelled")
+    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
+    return [p.id for p in pool], tokenized, ref_path, tok
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "is unreadable"), ("nan", "holds NaN/inf"), ("other_ids", "for other pairs")])
+def test_bad_reference_cache_is_recomputed(first_run, capfd, damage, message):
+    cfg = first_run
+    ids, tokenized, ref_path, tok = _reference_inputs(cfg)
+    chosen, rejected = align.reference_logprobs(cfg, ids, tokenized, ref_path, tok)
+    (cache,) = [os.path.join(common.path(cfg, "refcache"), n)
+                for n in os.listdir(common.path(cfg, "refcache"))]
+    if damage == "truncate":
+        with open(cache, "r+b") as f:
+            f.truncate(os.path.getsize(cache) // 2)
+    else:
+        bad_ids = np.asarray(ids if damage == "nan" else ids[::-1])
+        bad = chosen.copy()
+        bad[3] = np.nan if damage == "nan" else bad[3]
+        with open(cache, "wb") as f:
+            np.savez(f, ids=bad_ids, chosen=bad, rejected=rejected)
+    capfd.readouterr()
+    again_c, again_r = align.reference_logprobs(cfg, ids, tokenized, ref_path, tok)
+    err = capfd.readouterr().err
+    assert f"reference cache {cache}" in err and message in err and "recomputing" in err
+    np.testing.assert_allclose(again_c, chosen, rtol=1e-5)
+    np.testing.assert_allclose(again_r, rejected, rtol=1e-5)
+    # the recomputed file replaced the bad one and is a clean hit now
+    capfd.readouterr()
+    align.reference_logprobs(cfg, ids, tokenized, ref_path, tok)
+    assert "cache hit" in capfd.readouterr().err
+
+
+def test_crash_between_output_and_done_marker_reruns_to_the_same_model(first_run, capfd):
+    """A stage killed after its last checkpoint but before done.json: the rerun restores the
+    final checkpoint (no step trained again) and writes the same model."""
+    cfg = first_run
+    model = common.path(cfg, "annotator", "model", "model.safetensors")
+    before = read_bytes(model)
+    marker = common.done_marker(cfg, "annotator")
+    saved_marker = read_bytes(marker)
+    os.remove(marker)
+    shutil.rmtree(common.path(cfg, "annotator", "model"))  # the model save was cut short too
+    n_records = len(read_metrics(common.path(cfg, "annotator", "metrics.jsonl")))
+    capfd.readouterr()
+    annotator.run(cfg)
+    assert "resumed from" in capfd.readouterr().err
+    assert read_bytes(model) == before
+    assert len(read_metrics(common.path(cfg, "annotator", "metrics.jsonl"))) == n_records
+    assert json.loads(read_bytes(marker)) == json.loads(saved_marker)
