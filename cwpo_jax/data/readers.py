@@ -25,6 +25,7 @@ from cwpo_jax.data.records import (
     SkipRow,
     check_messages,
     check_text,
+    make_pair,
 )
 
 log = logging.getLogger(__name__)
@@ -273,12 +274,14 @@ def parse_pair_record(row: Mapping[str, Any]) -> PreferencePair:
         )
     else:
         raise SkipRow("missing_field", "no 'prompt'")
-    return PreferencePair(
-        id=check_text(row["id"], "id"),
-        prompt=prompt,
-        chosen=check_text(row["chosen"], "chosen"),
-        rejected=check_text(row["rejected"], "rejected"),
-        source=check_text(row["source"], "source"),
+    # The checks every reader applies (non-empty prompt ending with a user turn, non-empty and
+    # different responses): a hand-edited or foreign pairs file gets no free pass.
+    return make_pair(
+        check_text(row["source"], "source"),
+        prompt,
+        check_text(row["chosen"], "chosen"),
+        check_text(row["rejected"], "rejected"),
+        pair_id=check_text(row["id"], "id"),
     )
 
 
