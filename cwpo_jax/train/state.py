@@ -41,6 +41,9 @@ def merge_model(graphdef, params, frozen, mutable, compute_dtype=None) -> nnx.Mo
     and gradients still reach the fp32 master params through the cast."""
     if compute_dtype is not None:
         params, frozen = (cast_floats(s, compute_dtype) for s in (params, frozen))
+    # Rebuild the Variables inside the current trace: NNX refuses to mutate (e.g. advance a
+    # dropout RNG) a Variable created at an outer trace level, such as a jit argument under grad.
+    mutable = jax.tree.map(lambda x: x, mutable)
     return nnx.merge(graphdef, params, frozen, mutable)
 
 
