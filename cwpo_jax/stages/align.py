@@ -155,7 +155,6 @@ def run_method(cfg, method: str) -> dict:
         model = models.apply_lora(model, lora, rngs=nnx.Rngs(cfg.seed))
         model.train()
         trainable = models.trainable_filter(model)
-    n_params = common.count_params(nnx.state(model, nnx.Param))
     pair_loss = losses.pair_loss_fn(cfg.align.loss, beta=cfg.align.beta,
                                     label_smoothing=cfg.align.label_smoothing,
                                     gamma=cfg.align.gamma)
@@ -165,7 +164,8 @@ def run_method(cfg, method: str) -> dict:
     model = common.fit(model, task, lengths=[p.length for p in items], collate=collate,
                        train_cfg=train, cfg=cfg, workdir=common.path(cfg, stage), name=stage,
                        trainable=trainable,
-                       flops_per_token=(6.0 if cfg.align.lora_rank == 0 else 4.0) * n_params)
+                       flops_per_token=common.train_flops_per_token(
+                           model, lm_head=True, frozen_weights=cfg.align.lora_rank > 0))
     if cfg.align.lora_rank > 0:
         model.eval()
     out = common.path(cfg, stage, "model")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from flax import nnx
 
 from cwpo_jax import models
 from cwpo_jax.data.batching import collate_pairs
@@ -50,10 +49,11 @@ def run(cfg) -> dict:
                                 pad_id=common.pad_id(tok),
                                 batch_size=cfg.annotator.train.batch_size
                                 // cfg.annotator.train.micro_batches)
-    n_params = common.count_params(nnx.state(rm, nnx.Param))
     rm = common.fit(rm, tasks.reward_task, lengths=[p.length for p in labelled], collate=collate,
                     train_cfg=cfg.annotator.train, cfg=cfg, workdir=common.path(cfg, STAGE),
-                    name=STAGE, flops_per_token=6.0 * n_params)
+                    name=STAGE,
+                    flops_per_token=common.train_flops_per_token(rm, lm_head=False,
+                                                                 frozen_weights=False))
     eval_pairs = common.load_split(cfg, "eval")
     summary = {"model": cfg.annotator.model, "labelled_pairs": len(labelled),
                "tokenize": str(encode.stats)}

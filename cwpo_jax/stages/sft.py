@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 
-from flax import nnx
 
 from cwpo_jax import models
 from cwpo_jax.data.batching import collate_sequences
@@ -42,11 +41,11 @@ def run(cfg) -> dict:
     collate = functools.partial(collate_sequences, items, buckets=common.buckets(cfg),
                                 pad_id=common.pad_id(tok),
                                 batch_size=train.batch_size // train.micro_batches)
-    n_params = common.count_params(nnx.state(model, nnx.Param))
     model = common.fit(model, functools.partial(tasks.sft_task, chunk_size=cfg.align.chunk_size),
                        lengths=[s.length for s in items], collate=collate, train_cfg=train,
                        cfg=cfg, workdir=common.path(cfg, STAGE), name=STAGE,
-                       flops_per_token=6.0 * n_params)
+                       flops_per_token=common.train_flops_per_token(
+                           model, lm_head=True, frozen_weights=False))
     out = common.path(cfg, STAGE, "model")
     models.save_pretrained(model, out, tokenizer=tok)
     summary = {"reference": out, "trained": True, "sequences": len(items),
