@@ -1,6 +1,7 @@
 """The training loop: feed batches, step, log, checkpoint, resume, stop on NaN or SIGTERM."""
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 
 from cwpo_jax import sharding
+from cwpo_jax.io_utils import atomic_open
 from cwpo_jax.train.checkpoint import Checkpointer
 from cwpo_jax.train.feeder import count_tokens
 from cwpo_jax.train.metrics import MetricsLogger
@@ -53,6 +55,31 @@ class PreemptionGuard:
         return False
 
 
+def _forget_records_after(logger: MetricsLogger, step: int) -> None:
+    """On resume, drop the metrics.jsonl records of steps after the restored checkpoint (a
+    killed run logged them; they are about to be logged again) and a torn last line, so the
+    file keeps one record per step."""
+    f = getattr(logger, "jsonl", None)
+    if f is None or f.closed:
+        return
+    f.flush()
+    with open(f.name, encoding="utf-8") as r:
+        lines = r.readlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn by a kill or a full disk mid-write
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) != len(lines):
+        f.close()
+        with atomic_open(f.name) as out:
+            out.writelines(keep)
+        logger.jsonl = open(f.name, "a", encoding="utf-8")
+
+
 @dataclass
 class LoopConfig:
     num_steps: int
@@ -77,6 +104,7 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
         state, extra, step = checkpointer.restore(state)
         batches.set_state(extra["data"])
         print(f"[{config.name}] resumed from {checkpointer.directory}/{step}", file=sys.stderr)
+        _forget_records_after(logger, step)
     if step >= config.num_steps:
         return state
 

@@ -25,6 +25,8 @@ NON_ATOMIC_ALLOWED = {
     "cwpo_jax/io_utils.py": "atomic_open itself (temp file, fsync, os.replace)",
     "cwpo_jax/data/token_cache.py": "mkstemp + os.replace by hand (atomic)",
     "cwpo_jax/train/metrics.py": "metrics.jsonl is an append-only log, one flushed line a step",
+    "cwpo_jax/train/loop.py": "reopens metrics.jsonl for appending after rewriting it "
+                              "atomically on resume",
     "cwpo_jax/models/checkpoint_hf.py": "save_pretrained writes a model folder (config.json, "
                                         "model.safetensors); stages write their done.json after "
                                         "it, so a half-written folder is never used",

@@ -30,9 +30,13 @@ def job(workdir, *args, cache=None, steps=8, timeout=300):
 
 
 def losses(workdir) -> dict[int, float]:
-    """Loss per step; a step logged twice (before a kill and again after resume) keeps the last."""
+    """Loss per step. On resume the loop drops the records of steps after the restored
+    checkpoint, so every step appears once."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+        records = [json.loads(line) for line in f]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"steps logged twice or out of order: {steps}"
+    return {r["step"]: r["loss"] for r in records}
 
 
 def committed_steps(workdir) -> list[int]:
@@ -92,3 +96,20 @@ def test_nan_in_a_subprocess_exits_with_step_and_keeps_checkpoint(tmp_path, xla_
     assert "step 5:" in r.stderr and f"Last good checkpoint: {tmp_path}/ckpt/4" in r.stderr
     assert committed_steps(tmp_path) == [2, 4]
     assert max(losses(tmp_path)) == 4
+
+
+def test_resume_rewrites_metrics_to_one_record_per_step(tmp_path):
+    """A run killed after logging steps its last checkpoint does not hold, with a torn last line
+    (killed mid-write): on resume those records go, and every step ends up logged once."""
+    import shutil
+
+    from tests.engine.test_loop import run
+
+    d = str(tmp_path)
+    run(d, 5, save_every=2)  # checkpoints 4 and 5 (keep=2), steps 1..5 logged
+    shutil.rmtree(os.path.join(d, "ckpt", "5"))  # as if killed before step 5's checkpoint
+    with open(os.path.join(d, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 6, "loss": 0.1')  # torn
+    run(d, 8, save_every=2)
+    got = losses(d)
+    assert sorted(got) == list(range(1, 9))
