@@ -106,11 +106,14 @@ def write_plots(output_dir: str, results: dict, scores: dict, gold_a_wins=None) 
     out = [os.path.join(plots, "gra.png")]
     plot_gra(results, out[-1])
     weak_a = scores["score_a"] >= scores["score_b"]
-    truth, against = (gold_a_wins, "gold") if gold_a_wins is not None else (
-        np.ones_like(weak_a), "human")
+    keep = np.ones_like(weak_a)
+    if gold_a_wins is not None:  # (gold_a_wins, gold_decided): ties have no right label
+        (truth, keep), against = gold_a_wins, "gold"
+    else:
+        truth, against = np.ones_like(weak_a), "human"
     out.append(os.path.join(plots, "confidence_hist.png"))
-    plot_confidence(scores["score_a"], scores["score_b"], weak_a == truth, out[-1],
-                    against=against)
+    plot_confidence(scores["score_a"][keep], scores["score_b"][keep],
+                    (weak_a == truth)[keep], out[-1], against=against)
     a = results["annotator"]
     key = f"calibration_vs_{against}"
     out.append(os.path.join(plots, "reliability.png"))

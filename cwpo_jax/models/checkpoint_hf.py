@@ -300,7 +300,8 @@ def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: 
     # for loaded and fresh heads alike, so a trained annotator exports to HF exactly.
     head_bias = cfg.model_type == "bert"
     if head_bias and "pooling" not in overrides:
-        cfg = dataclasses.replace(cfg, pooling="pooler")
+        # A cwpo_jax export of a mean/CLS-pooled annotator records its pooling (see save_hf).
+        cfg = dataclasses.replace(cfg, pooling=hf.get("cwpo_pooling", "pooler"))
     backbone = load_params(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))),
                            get, lambda p: hf_name(cfg.model_type, p))
     rm = RewardModel(backbone, rngs=nnx.Rngs(seed), head_bias=head_bias)
@@ -346,6 +347,10 @@ def save_hf(model: nnx.Module, path: str) -> None:
         if cfg.model_type == "bert" and model.score.bias is None:
             raise ValueError("BertForSequenceClassification needs a head bias; build the "
                              "RewardModel with head_bias=True to export it")
+        if cfg.model_type == "bert" and cfg.pooling != "pooler":
+            # transformers' classifier always reads tanh(pooler(CLS)); cwpo_jax reloads this
+            # pooling exactly, other tools see the weights but not the pooling.
+            hf["cwpo_pooling"] = cfg.pooling
         tensors = export_tensors(model, lambda p: hf_reward_name(cfg.model_type, p))
     else:
         cfg = model.config

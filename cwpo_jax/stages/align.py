@@ -48,7 +48,7 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
             common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
             return cached
     common.log(STAGE, "reference log-probs: computing (one jitted pass)")
-    ref = models.from_pretrained(ref_path)
+    ref = common.load_causal_lm(ref_path)
     batch_size = cfg.score.batch_size
     collate = functools.partial(collate_pairs, tokenized, batch_size=batch_size,
                                 buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
@@ -124,7 +124,9 @@ def run_method(cfg, method: str) -> dict:
         return common.read_json(common.done_marker(cfg, stage))
     ref_path = sft.reference_path(cfg)
     tok = models.load_tokenizer(ref_path)
-    labelled = common.load_split(cfg, "labelled")
+    # Labelled pairs belong to the annotator; only the 100%-human baseline trains on them, so
+    # the reference pass covers them only when that method is configured.
+    labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
     pool = labelled + common.load_split(cfg, "unlabelled")
     pool_ids = [p.id for p in pool]
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
@@ -146,7 +148,7 @@ def run_method(cfg, method: str) -> dict:
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
         return batch
 
-    model = models.from_pretrained(ref_path)
+    model = common.load_causal_lm(ref_path)
     trainable = nnx.Param
     if cfg.align.lora_rank > 0:
         lora = models.LoRAConfig(rank=cfg.align.lora_rank, alpha=cfg.align.lora_alpha,

@@ -42,7 +42,8 @@ def run(cfg) -> dict:
         return common.read_json(common.done_marker(cfg, STAGE))
     source = common.model_path(cfg, cfg.annotator.model)
     tok = common.encoder_ready(models.load_tokenizer(source))
-    rm = models.reward_model_from_pretrained(source, seed=cfg.seed)
+    pooling = {"pooling": cfg.annotator.pooling} if cfg.annotator.pooling else {}
+    rm = models.reward_model_from_pretrained(source, seed=cfg.seed, **pooling)
     encode = common.pair_tokenizer(cfg, tok)
     labelled = encode.encode_pairs(common.load_split(cfg, "labelled"))
     collate = functools.partial(collate_pairs, labelled, buckets=common.buckets(cfg),

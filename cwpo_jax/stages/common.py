@@ -107,6 +107,20 @@ def model_path(cfg, spec: str) -> str:
     return directory
 
 
+@functools.lru_cache(maxsize=2)
+def _loaded_causal_lm(model_path: str, fingerprint: tuple):
+    return models.from_pretrained(model_path)
+
+
+def load_causal_lm(model_path: str):
+    """A private copy of the causal LM at model_path. The stages of one pipeline load the same
+    reference several times (reference pass, each method, sampling); reading and dequantising a
+    checkpoint costs seconds, a copy in memory does not. Keyed by path and modification time."""
+    stat = os.stat(model_path if os.path.isfile(model_path)
+                   else os.path.join(model_path, "config.json"))
+    return nnx.clone(_loaded_causal_lm(model_path, (stat.st_mtime_ns, stat.st_size)))
+
+
 def encoder_ready(tokenizer):
     """Encoders have no EOS; end responses with [SEP] so a pair reads [CLS] prompt [SEP]
     response [SEP], the layout BERT-style models are trained on."""
@@ -254,7 +268,7 @@ def sample_texts(cfg, model_path: str, prompts, *, seed: int, max_new_tokens: in
     from cwpo_jax.data.batching import collate_prompts
 
     tok = models.load_tokenizer(model_path)
-    model = models.from_pretrained(model_path)
+    model = load_causal_lm(model_path)
     items = pair_tokenizer(cfg, tok).encode_prompt_only(prompts)
     texts = [None] * len(items)
     key = jax.random.key(seed)

@@ -98,6 +98,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         check(t.keep_checkpoints > 0, f"{field}.keep_checkpoints",
               f"must be > 0, got {t.keep_checkpoints}")
     check(bool(cfg.annotator.model), "annotator.model", "is required")
+    check(cfg.annotator.pooling in ("", "mean", "cls", "pooler"), "annotator.pooling",
+          f"{cfg.annotator.pooling!r} is not one of '', mean, cls, pooler")
     check(bool(cfg.sft.model), "sft.model", "is required")
     e = cfg.evaluate
     check(e.temperature >= 0, "evaluate.temperature", "must be >= 0")

@@ -54,6 +54,7 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.annotator = ml_collections.ConfigDict()
     c.annotator.model = ""  # HF dir / hub id / .gguf; "tiny:<family>" builds a random tiny one
+    c.annotator.pooling = ""  # encoders: "" = pooler (as BertForSequenceClassification), mean, cls
     c.annotator.train = train_section(learning_rate=1e-5, batch_size=32, epochs=4.0)
 
     c.score = ml_collections.ConfigDict(dict(batch_size=64, tau=1.0))

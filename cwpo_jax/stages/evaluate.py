@@ -65,7 +65,8 @@ def results_markdown(results: dict) -> str:
               f"Annotator accuracy on the unlabelled share: vs human labels "
               f"{100 * a['accuracy_vs_human']:.1f}%" + (
                   f", vs gold {100 * a['accuracy_vs_gold']:.1f}% (simulated raters vs gold "
-                  f"{100 * a['human_vs_gold']:.1f}%)" if "accuracy_vs_gold" in a else "")
+                  f"{100 * a['human_vs_gold']:.1f}%; {a['gold_decided_pairs']} pairs with a gold "
+                  f"preference)" if "accuracy_vs_gold" in a else "")
               + f"; ECE vs human {a['ece_vs_human']:.3f}."]
     return "\n".join(lines) + "\n"
 
@@ -106,8 +107,9 @@ def run(cfg) -> dict:
             f.write(results_markdown(results))
         gold = common.load_gold(cfg)
         scored = scores.read_scores(score_stage.scores_path(cfg))
-        gold_a = None if gold is None else np.asarray(
-            [gold[i][0] > gold[i][1] for i in scored["ids"]])
+        gold_a = None if gold is None else (
+            np.asarray([gold[i][0] > gold[i][1] for i in scored["ids"]]),
+            np.asarray([gold[i][0] != gold[i][1] for i in scored["ids"]]))
         for plot in report.write_plots(cfg.output_dir, results, scored, gold_a):
             common.log(STAGE, f"wrote {plot}")
     print(results_markdown(results))

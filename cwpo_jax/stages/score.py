@@ -54,11 +54,15 @@ def run(cfg) -> dict:
     summary["calibration_vs_human"], summary["ece_vs_human"] = reliability_table(conf, weak_a)
     gold = common.load_gold(cfg)
     if gold is not None:
+        # Gold ties (e.g. two VADER-neutral answers) have no right label: left out here.
+        decided = np.asarray([gold[i][0] != gold[i][1] for i in ids])
         gold_a = np.asarray([gold[i][0] > gold[i][1] for i in ids])
-        summary["accuracy_vs_gold"] = label_accuracy(weak_a, gold_a)
-        summary["human_vs_gold"] = label_accuracy(np.ones(len(ids), bool), gold_a)
+        summary["gold_decided_pairs"] = int(decided.sum())
+        summary["accuracy_vs_gold"] = label_accuracy(weak_a[decided], gold_a[decided])
+        summary["human_vs_gold"] = label_accuracy(np.ones(int(decided.sum()), bool),
+                                                  gold_a[decided])
         summary["calibration_vs_gold"], summary["ece_vs_gold"] = reliability_table(
-            conf, weak_a == gold_a)
+            conf[decided], weak_a[decided] == gold_a[decided])
     common.log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
                       f"human {summary['accuracy_vs_human']:.1%}" + (
                           f", vs gold {summary['accuracy_vs_gold']:.1%}" if gold else ""))

@@ -74,7 +74,10 @@ def _on_mesh(x, mesh: Mesh) -> bool:
 
 
 def place(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+    """Copies onto the target shardings: the train step donates its state, and a buffer shared
+    with the caller's model would be deleted under it."""
+    # (device_put(..., may_alias=False) still aliases the source's shard when it replicates.)
+    return jax.tree.map(lambda x, s: jax.device_put(jnp.array(x, copy=True), s), tree, shardings)
 
 
 def init_train_state(parts: ModelParts, optimizer, mesh: Mesh):
