@@ -77,7 +77,7 @@ def _forget_records_after(logger: MetricsLogger, step: int) -> None:
         f.close()
         with atomic_open(f.name) as out:
             out.writelines(keep)
-        logger.jsonl = open(f.name, "a", encoding="utf-8")
+        logger.jsonl = open(f.name, "a", encoding="utf-8")  # noqa: SIM115  (the logger closes it)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -35,7 +36,7 @@ NON_ATOMIC_ALLOWED = {
 
 def _writes(path):
     """(line, call) of every open/fdopen with a writing mode and every safetensors save_file."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
@@ -150,11 +151,11 @@ WRITERS = {"split file (prepare)": _write_split, "eval samples (evaluate)": _wri
 def test_crash_mid_write_leaves_the_previous_file_whole(tmp_path, crash_on_dumps, writer):
     write = WRITERS[writer]
     path = write(tmp_path, 5, "old")
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     crash_on_dumps(3)  # the third JSON row of the new file fails
     with pytest.raises(Crash):
         write(tmp_path, 50, "new")
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # temp file removed
     if "pairs" in writer:
         assert [p.id for p in read_preferences(path, format="pairs")] == [
@@ -165,7 +166,7 @@ def test_pairs_gzip_file_is_complete_and_reproducible(tmp_path):
     a, b = str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.jsonl.gz")
     write_preferences(pairs(20), a)
     write_preferences(pairs(20), b)
-    assert open(a, "rb").read() == open(b, "rb").read()  # mtime 0: same bytes for same pairs
+    assert Path(a).read_bytes() == Path(b).read_bytes()  # mtime 0: same bytes for same pairs
     with gzip.open(a, "rt") as f:
         assert len(f.read().splitlines()) == 20
 
@@ -175,17 +176,16 @@ def test_reference_cache_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "refcache" / "k.npz")
     with io_utils.atomic_open(path, "wb") as f:
         np.savez(f, ids=np.asarray(["a"]), chosen=np.zeros(1), rejected=np.zeros(1))
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
 
     def broken_savez(f, **arrays):
         f.write(b"PK partial")
         raise Crash()
 
     monkeypatch.setattr(np, "savez", broken_savez)
-    with pytest.raises(Crash):
-        with io_utils.atomic_open(path, "wb") as f:
-            np.savez(f, ids=np.asarray(["b"]), chosen=np.ones(1), rejected=np.ones(1))
-    assert open(path, "rb").read() == before and os.listdir(tmp_path / "refcache") == ["k.npz"]
+    with pytest.raises(Crash), io_utils.atomic_open(path, "wb") as f:
+        np.savez(f, ids=np.asarray(["b"]), chosen=np.ones(1), rejected=np.ones(1))
+    assert Path(path).read_bytes() == before and os.listdir(tmp_path / "refcache") == ["k.npz"]
 
 
 def test_sigkill_mid_write_leaves_old_file_and_only_a_temp_file(tmp_path):
@@ -200,7 +200,7 @@ def test_sigkill_mid_write_leaves_old_file_and_only_a_temp_file(tmp_path):
             "    f.flush()\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+                       env=dict(os.environ, PYTHONPATH=ROOT), check=False)
     assert r.returncode == -signal.SIGKILL
     assert io_utils.read_json(path) == {"old": True}
     leftovers = sorted(set(os.listdir(tmp_path)) - {"results.json"})

@@ -2,6 +2,7 @@
 what is wrong (tests/test_scores_file.py has the basic cases; these add the rest)."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_same_ids_in_another_order_are_realigned_not_refused(path):
     ([1.0, 0.0], [0.0, 0.0], "3 ids but 2/2 scores"),
 ])
 def test_writer_refuses_bad_scores_and_keeps_the_old_file(path, a, b, message):
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     with pytest.raises(ScoresError, match=message):
         scores.write_scores(path, IDS, np.asarray(a), np.asarray(b), annotator=ANNOTATOR)
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before

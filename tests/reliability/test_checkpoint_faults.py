@@ -6,6 +6,7 @@ import glob
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,6 @@ import pytest
 
 from cwpo_jax import io_utils, scores
 from cwpo_jax.train.checkpoint import Checkpointer, CheckpointError
-
 from tests.engine.test_loop import losses_by_step, run
 
 
@@ -47,13 +47,19 @@ def truncate(path):
 
 
 def flip_bit(path):
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(bytes(data))
+    Path(path).write_bytes(bytes(data))
 
 
 def garble(path):
-    open(path, "wb").write(np.random.default_rng(0).bytes(os.path.getsize(path)))
+    Path(path).write_bytes(np.random.default_rng(0).bytes(os.path.getsize(path)))
+
+
+def edit_text(path, old, new):
+    text = Path(path).read_text()
+    assert old in text
+    Path(path).write_text(text.replace(old, new))
 
 
 CORRUPTIONS = {
@@ -62,10 +68,8 @@ CORRUPTIONS = {
     "array data deleted": lambda d: os.remove(biggest_array_file(d)),
     "array metadata garbled": lambda d: garble(os.path.join(d, "state", "_METADATA")),
     "array manifest truncated": lambda d: truncate(os.path.join(d, "state", "manifest.ocdbt")),
-    "extras (data position) edited": lambda d: open(
-        os.path.join(d, "extra", "metadata"), "w").write(
-            open(os.path.join(d, "extra", "metadata")).read().replace('"position": 3',
-                                                                     '"position": 4')),
+    "extras (data position) edited": lambda d: edit_text(
+        os.path.join(d, "extra", "metadata"), '"position": 3', '"position": 4'),
     "extras garbled": lambda d: garble(os.path.join(d, "extra", "metadata")),
     "step folder emptied": lambda d: [shutil.rmtree(os.path.join(d, n)) for n in ("state", "extra")],
 }
@@ -193,13 +197,13 @@ def tmpfs(path, size):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         yield str(path)
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def remount_read_only(path):
@@ -254,7 +258,7 @@ def test_read_only_folder_at_checkpoint_save(tmp_path):
         with pytest.raises(CheckpointError, match=r"step 2 .* failed: Read-only file system"):
             ckpt.save(2, state_at(2), {"data": {"position": 2}})
         # a read-only copy of a run still restores
-        state, extra, step = Checkpointer(d, keep=3).restore(template())
+        _, extra, step = Checkpointer(d, keep=3).restore(template())
         assert step == 1 and extra == {"data": {"position": 1}}
 
 

@@ -11,11 +11,13 @@ import gzip
 import json
 import os
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cwpo_jax.data import BadRowError, PreferencePair, ReadReport, read_preferences
 from cwpo_jax.data.records import ROLES, BadFileError
@@ -262,7 +264,7 @@ def test_unreadable_parquet_is_a_clear_error(tmp_path, damage):
     path = str(tmp_path / "rows.parquet")
     pq.write_table(pa.table({"prompt": ["q"] * 50, "chosen": ["a"] * 50, "rejected": ["b"] * 50}),
                    path)
-    blob = open(path, "rb").read()
+    blob = Path(path).read_bytes()
     payload = {"random": os.urandom(len(blob)), "truncated": blob[:len(blob) // 2],
                "empty": b""}[damage]
     with open(path, "wb") as f:

@@ -26,7 +26,8 @@ def job(workdir, *args, cache=None, steps=8, timeout=300):
         env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, "-m", "tests.reliability.train_job", str(workdir),
                            "--steps", str(steps), "--save-every", "2", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def losses(workdir) -> dict[int, float]:

@@ -115,14 +115,23 @@ def _reference_inputs(cfg):
     return [p.id for p in pool], tokenized, ref_path, tok
 
 
+def cache_file_for(cfg, ids):
+    """The refcache file holding these pairs (the align run may have cached another pool)."""
+    folder = common.path(cfg, "refcache")
+    for name in sorted(os.listdir(folder)):
+        with np.load(os.path.join(folder, name)) as f:
+            if list(f["ids"]) == list(ids):
+                return os.path.join(folder, name)
+    raise AssertionError(f"no reference cache for these pairs in {folder}")
+
+
 @pytest.mark.parametrize("damage,message", [
     ("truncate", "is unreadable"), ("nan", "holds NaN/inf"), ("other_ids", "for other pairs")])
 def test_bad_reference_cache_is_recomputed(first_run, capfd, damage, message):
     cfg = first_run
     ids, tokenized, ref_path, tok = _reference_inputs(cfg)
     chosen, rejected = align.reference_logprobs(cfg, ids, tokenized, ref_path, tok)
-    (cache,) = [os.path.join(common.path(cfg, "refcache"), n)
-                for n in os.listdir(common.path(cfg, "refcache"))]
+    cache = cache_file_for(cfg, ids)
     if damage == "truncate":
         with open(cache, "r+b") as f:
             f.truncate(os.path.getsize(cache) // 2)

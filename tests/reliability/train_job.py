@@ -22,18 +22,18 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+from absl import logging as absl_logging
+from flax import nnx
 
-from cwpo_jax import losses, sharding  # noqa: E402
-from cwpo_jax.data.batching import collate_pairs  # noqa: E402
-from cwpo_jax.train import checkpoint, loop, optim, steps, tasks  # noqa: E402
-from cwpo_jax.train.feeder import EpochFeeder  # noqa: E402
-from cwpo_jax.train.metrics import MetricsLogger  # noqa: E402
-from cwpo_jax.train.state import init_train_state, split_model  # noqa: E402
-from tests.engine.toy import ToyLM, tokenized_pairs  # noqa: E402
+from cwpo_jax import losses, sharding
+from cwpo_jax.data.batching import collate_pairs
+from cwpo_jax.train import checkpoint, loop, optim, steps, tasks
+from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.metrics import MetricsLogger
+from cwpo_jax.train.state import init_train_state, split_model
+from tests.engine.toy import ToyLM, tokenized_pairs
 
 ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
