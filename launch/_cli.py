@@ -31,7 +31,10 @@ def main(stage_fn) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
         from cwpo_jax import sharding
+        from cwpo_jax.data import BadFileError, BadRowError
+        from cwpo_jax.scores import ScoresError
         from cwpo_jax.stages.config import ConfigError, validate
+        from cwpo_jax.train.checkpoint import CheckpointError
         from cwpo_jax.train.loop import NonFiniteError, Preempted
 
         cfg = config.value
@@ -47,7 +50,8 @@ def main(stage_fn) -> None:
         except Preempted as e:
             print(e, file=sys.stderr)
             sys.exit(0)
-        except NonFiniteError as e:
-            sys.exit(str(e))
+        except (NonFiniteError, CheckpointError, ScoresError, BadRowError, BadFileError) as e:
+            # Errors that already say what is wrong and where: one message, no traceback.
+            sys.exit(f"{type(e).__name__}: {e}")
 
     app.run(run)

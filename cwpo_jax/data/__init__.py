@@ -4,7 +4,14 @@ Importing this package pulls in only numpy; grain (loader.py) and tensorflow-dat
 (tfds_builder.py) load only when those modules are imported. See docs/data.md.
 """
 
-from cwpo_jax.data.records import BadRowError, PreferencePair, ReadReport, SkipRow, content_id
+from cwpo_jax.data.records import (
+    BadFileError,
+    BadRowError,
+    PreferencePair,
+    ReadReport,
+    SkipRow,
+    content_id,
+)
 from cwpo_jax.data.readers import (
     FORMATS,
     HUB_DATASETS,

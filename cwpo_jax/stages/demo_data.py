@@ -35,7 +35,10 @@ def sampled_triples(cfg) -> list[tuple[str, str, str]]:
     student = common.model_path(cfg, cfg.sft.model)
     prompts = demo_prompts(cfg)
     d = cfg.data
-    key = hash_json({"student": hash_path(student), "prompts": prompts, "seed": cfg.seed,
+    # The original checkpoint's hash (not the converted copy's): the cache outlives run folders.
+    source = cfg.sft.model if cfg.sft.model.startswith("tiny:") else assets.resolve(cfg.sft.model)
+    key = hash_json({"student": hash_path(source if os.path.exists(source) else student),
+                     "prompts": prompts, "seed": cfg.seed,
                      "max_new_tokens": d.response_max_new_tokens,
                      "temperature": d.response_temperature, "top_p": d.response_top_p,
                      "max_prompt_len": d.max_prompt_len, "max_len": d.max_len})
