@@ -41,7 +41,7 @@ def run(cfg) -> dict:
         common.log(STAGE, "annotator exists; skipping")
         return common.read_json(common.done_marker(cfg, STAGE))
     source = common.model_path(cfg, cfg.annotator.model)
-    tok = common.encoder_ready(models.load_tokenizer(source))
+    tok = models.load_tokenizer(source)
     pooling = {"pooling": cfg.annotator.pooling} if cfg.annotator.pooling else {}
     rm = models.reward_model_from_pretrained(source, seed=cfg.seed, **pooling)
     encode = common.pair_tokenizer(cfg, tok)

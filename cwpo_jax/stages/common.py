@@ -132,16 +132,8 @@ def gguf_as_hf(cfg, gguf_path: str) -> str:
     return directory
 
 
-def encoder_ready(tokenizer):
-    """Encoders have no EOS; end responses with [SEP] so a pair reads [CLS] prompt [SEP]
-    response [SEP], the layout BERT-style models are trained on."""
-    if tokenizer.eos_token_id is None and getattr(tokenizer, "sep_token", None):
-        tokenizer.eos_token = tokenizer.sep_token
-    return tokenizer
-
-
 def pair_tokenizer(cfg, tokenizer) -> PairTokenizer:
-    return PairTokenizer(encoder_ready(tokenizer), max_prompt_len=cfg.data.max_prompt_len,
+    return PairTokenizer(tokenizer, max_prompt_len=cfg.data.max_prompt_len,
                          max_len=cfg.data.max_len)
 
 

@@ -34,7 +34,7 @@ def run(cfg) -> dict:
         common.log(STAGE, "scores exist; skipping")
         return common.read_json(common.done_marker(cfg, STAGE))
     model_dir = common.path(cfg, "annotator", "model")
-    tok = common.encoder_ready(models.load_tokenizer(model_dir))
+    tok = models.load_tokenizer(model_dir)
     rm = models.reward_model_from_pretrained(model_dir)
     pairs = common.load_split(cfg, "unlabelled")
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
