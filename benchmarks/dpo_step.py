@@ -1,0 +1,148 @@
+"""Steady-state DPO train step: tokens/s, MFU against a matmul peak measured in the same process,
+peak RSS. Prints a table and one final JSON line.
+
+python benchmarks/dpo_step.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
+    --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
+    [--dtype=float32|bfloat16] [--lora]
+
+Work per step: `batch` pairs, each a chosen and a rejected sequence of prompt-len + completion-len
+real tokens (no padding), full fine-tuning unless --lora. Tokens are counted the way TRL counts
+them: real tokens of both sequences, prompt included. FLOPs: 6 N per token for the policy
+(4 N with frozen LoRA bases), + 2 N per token for an online reference forward; N counts matmul
+parameters (lookup tables excluded, the LM head included).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from cwpo_jax import assets, losses, models, sharding  # noqa: E402
+from cwpo_jax.train import optim, steps, tasks  # noqa: E402
+from cwpo_jax.train.metrics import measure_matmul_peak  # noqa: E402
+from cwpo_jax.train.state import init_train_state, split_model  # noqa: E402
+
+
+def load_model(spec: str, dtype: str):
+    if spec == "tiny":
+        from cwpo_jax.models.checkpoint_hf import build_config
+        from cwpo_jax.stages.common import TINY_CONFIGS
+
+        cfg, cls = build_config(dict(TINY_CONFIGS["llama"], vocab_size=512), dtype=dtype,
+                                param_dtype="float32")
+        return cls(cfg, rngs=nnx.Rngs(0))
+    path = assets.resolve("pkg:smollm2" if spec == "smollm2" else spec)
+    if path.endswith(".gguf"):  # dequantise once into an HF folder, as the pipeline does
+        name = os.path.splitext(os.path.basename(path))[0]
+        cache = os.path.join(tempfile.gettempdir(), "cwpo_bench_" + name)
+        if not os.path.exists(cache):
+            models.save_pretrained(models.from_pretrained(path), cache)
+        path = cache
+    return models.from_pretrained(path, dtype=dtype, param_dtype="float32")
+
+
+def make_batch(batch: int, prompt_len: int, completion_len: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = prompt_len + completion_len
+    prompt = rng.integers(1, vocab, (batch, prompt_len))
+    ids = np.concatenate([np.concatenate([prompt, rng.integers(1, vocab, (batch, completion_len))],
+                                         1),
+                          np.concatenate([prompt, rng.integers(1, vocab, (batch, completion_len))],
+                                         1)]).astype(np.int32)
+    response = np.zeros_like(ids)
+    response[:, prompt_len:] = 1
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "response_mask": response,
+            "weights": np.ones(batch, np.float32), "valid": np.ones(batch, np.float32),
+            "ref_logps": np.full(2 * batch, -float(completion_len) * 5, np.float32)}, 2 * batch * t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--completion-len", type=int, default=32)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--reference", choices=("cached", "online"), default="cached")
+    p.add_argument("--logprobs", choices=("chunked", "plain"), default="chunked")
+    p.add_argument("--chunk-size", type=int, default=32)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--lora", action="store_true")
+    args = p.parse_args(argv)
+
+    peak = measure_matmul_peak(2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    model = load_model(args.model, args.dtype)
+    reference = None
+    if args.reference == "online":
+        reference = nnx.split(nnx.clone(model))  # frozen copy of the initial policy
+    if args.lora:
+        model = models.apply_lora(model, models.LoRAConfig(), rngs=nnx.Rngs(0))
+        model.train()
+    from cwpo_jax.stages.common import matmul_params
+
+    n = matmul_params(model, lm_head=True)
+    flops_per_token = (4.0 if args.lora else 6.0) * n + (2.0 * n if reference else 0.0)
+    chunk = args.chunk_size if args.logprobs == "chunked" else 0
+    pair_loss = losses.pair_loss_fn("dpo", beta=0.5)
+
+    def task(m, batch):
+        if reference is not None:  # reference log-probs inside the step, no gradient
+            ref_model = nnx.merge(*reference)
+            ref_logp = jax.lax.stop_gradient(tasks.response_logprobs(ref_model, batch,
+                                                                     chunk_size=chunk)[0])
+            batch = {**batch, "ref_logps": ref_logp}
+        return tasks.preference_task(m, batch, pair_loss=pair_loss, beta=0.5, chunk_size=chunk)
+
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    parts = split_model(model, models.trainable_filter(model))
+    optimizer, _ = optim.make_optimizer(learning_rate=1e-6, total_steps=args.steps + 2)
+    state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
+    step = steps.jit_train_step(steps.make_train_step(
+        parts.graphdef, task, optimizer,
+        compute_dtype=jnp.bfloat16 if args.dtype == "bfloat16" else None),
+        mesh, state_sh, frozen_sh)
+    host, tokens = make_batch(args.batch, args.prompt_len, args.completion_len,
+                              model.config.vocab_size)
+    batch = sharding.shard_batch({k: v[None] for k, v in host.items()}, mesh, leading=1)
+    start = time.perf_counter()
+    state, metrics = step(state, frozen, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, frozen, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    result = {
+        "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
+        "completion_len": args.completion_len, "reference": args.reference,
+        "logprobs": args.logprobs, "dtype": args.dtype, "lora": args.lora,
+        "matmul_params": n, "step_s": step_s, "tokens_per_s": tokens / step_s,
+        "padded_tokens_per_s": tokens / step_s,  # synthetic batches carry no padding
+        "mfu": flops_per_token * tokens / step_s / peak, "peak_flops": peak,
+        "first_step_s": compile_s, "loss": float(metrics["loss"]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": str(jax.devices()[0]),
+    }
+    for key in ("step_s", "tokens_per_s", "mfu", "peak_flops", "first_step_s", "peak_rss_mb"):
+        print(f"{key:>16}: {result[key]:.4g}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
