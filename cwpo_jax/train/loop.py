@@ -133,6 +133,7 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
                 record = {k: float(np.asarray(v)) for k, v in metrics.items()}
                 record["tokens_per_s"] = window_tokens / elapsed
                 record["padded_tokens_per_s"] = window_padded / elapsed
+                record["padding_share"] = 1.0 - window_tokens / max(window_padded, 1)
                 if flops_per_token and peak_flops:
                     record["mfu"] = flops_per_token * record["tokens_per_s"] / peak_flops
                 logger.log(step, record)
