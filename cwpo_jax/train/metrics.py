@@ -45,10 +45,7 @@ class MetricsLogger:
             return
         os.makedirs(directory, exist_ok=True)
         self.jsonl = open(os.path.join(directory, "metrics.jsonl"), "a", encoding="utf-8")
-        if tensorboard:
-            from tensorboardX import SummaryWriter  # optional at import time of the package
-
-            self.writer = SummaryWriter(os.path.join(directory, "tensorboard"))
+        self.tensorboard_dir = os.path.join(directory, "tensorboard") if tensorboard else None
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -56,6 +53,12 @@ class MetricsLogger:
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
+        if self.writer is None and self.tensorboard_dir is not None:
+            from tensorboardX import SummaryWriter  # optional at import time of the package
+
+            # Opened at the first logged step: after a resume, events a killed run wrote for
+            # this step and later are purged, so TensorBoard shows each step once.
+            self.writer = SummaryWriter(self.tensorboard_dir, purge_step=step)
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step":
