@@ -107,24 +107,6 @@ def logical_to_spec(
     return P(*spec)
 
 
-def param_shardings(logical_axes, shapes, mesh: Mesh, rules=RULES):
-    """NamedSharding pytree for params.
-
-    logical_axes: pytree whose leaves are tuples of logical names (None for an unnamed axis);
-    shapes: a matching pytree of arrays or ShapeDtypeStructs.
-    """
-    names_leaves, treedef = jax.tree.flatten(
-        logical_axes, is_leaf=lambda x: isinstance(x, tuple) or x is None
-    )
-    shape_leaves = treedef.flatten_up_to(shapes)
-    out = []
-    for names, leaf in zip(names_leaves, shape_leaves):
-        shape = np.shape(leaf)
-        names = names if names is not None else (None,) * len(shape)
-        out.append(NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules)))
-    return jax.tree.unflatten(treedef, out)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -82,9 +82,6 @@ class EpochFeeder:
     def __next__(self) -> dict:
         return stack_micro_batches([self._next_batch() for _ in range(self.micro_batches)])
 
-    def steps_per_epoch(self) -> int:
-        return -(-len(self._epoch_plan()) // self.micro_batches)
-
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 

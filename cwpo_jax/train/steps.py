@@ -1,4 +1,4 @@
-"""Jitted step functions, kept apart from the loop: train (with gradient accumulation), eval.
+"""Jitted step functions, kept apart from the loop: train (with gradient accumulation).
 
 A task is `task(model, batch) -> (numerator, denominator, metrics)` (see tasks.py). Batches fed to
 the train step carry a leading micro-batch axis [A, ...]; the step scans over it, sums numerators,
@@ -83,21 +83,4 @@ def jit_train_step(step, mesh: Mesh, state_shardings, frozen_shardings):
         in_shardings=(state_shardings, frozen_shardings, NamedSharding(mesh, batch_spec(1))),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
-    )
-
-
-def make_eval_step(graphdef, task: Callable, mesh: Mesh, param_shardings, frozen_shardings,
-                   compute_dtype=None):
-    """Jitted eval(params, frozen, mutable, batch) -> (numerator, denominator, metrics)."""
-    loss_fn = _loss_and_aux(graphdef, task, compute_dtype)
-
-    def evaluate(params, frozen, mutable, batch):
-        numerator, (denominator, metrics, _) = loss_fn(params, frozen, mutable, batch)
-        return numerator, denominator, metrics
-
-    return jax.jit(
-        evaluate,
-        in_shardings=(param_shardings, frozen_shardings, sharding.replicated(mesh),
-                      NamedSharding(mesh, batch_spec(0))),
-        out_shardings=sharding.replicated(mesh),
     )
