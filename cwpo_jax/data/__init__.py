@@ -22,6 +22,7 @@ from cwpo_jax.data.readers import (
 from cwpo_jax.data.splits import Splits, split_pairs
 from cwpo_jax.data.tokenize import PairTokenizer, TokenizedPair, TokenizedSequence
 from cwpo_jax.data.batching import (
+    collate_packed_pairs,
     collate_pairs,
     collate_prompts,
     collate_sequences,

@@ -8,6 +8,14 @@ Pair batch   input_ids [2B, T] int32, attention_mask [2B, T] int32, response_mas
              pair_index [B] int32, weights [B] float32. Rows [:B] chosen, [B:] rejected of the
              same pairs, right-padded. The trainer scores logits[:, :-1] against input_ids[:, 1:]
              with response_mask[:, 1:].
+Packed pair  input_ids / attention_mask / positions / segment_ids [B, L]: one row per pair,
+             prompt + first response + second response + padding (prefix sharing: the prompt is
+             run once). segment_ids 0 prompt, 1 chosen, 2 rejected; positions restart after the
+             prompt for each response. response_ids / response_mask / response_source [2B, R]:
+             the response tokens of rows [:B] chosen, [B:] rejected, and the packed slot whose
+             hidden state predicts each (the previous token of the same response, or the last
+             prompt token), so only response positions go through the LM head. pair_index and
+             weights as above.
 Sequence     input_ids / attention_mask / response_mask [B, T], index [B], weights [B].
 Prompt       input_ids / attention_mask [B, T] left-padded (generation appends on the right),
              index [B].
@@ -93,6 +101,79 @@ def collate_pairs(
         "input_ids": ids,
         "attention_mask": attn,
         "response_mask": resp,
+        "pair_index": pidx,
+        "weights": w,
+    }
+
+
+def collate_packed_pairs(
+    items: Sequence[TokenizedPair],
+    index: Sequence[int],
+    *,
+    batch_size: int,
+    buckets: Sequence[int],
+    response_len: int,
+    pad_id: int,
+    swap: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Packed rows (see the module docstring); swap and weights as in collate_pairs.
+
+    L is the smallest bucket that fits the longest prompt + chosen + rejected; response_len R is
+    fixed by the caller (the longest response of the dataset) so it adds no compiled shapes.
+    """
+    index = np.asarray(index, np.int64)
+    if len(index) > batch_size:
+        raise ValueError(f"{len(index)} pairs for a batch of {batch_size}")
+    sel = [items[i] for i in index]
+    longest = max((len(p.prompt) + len(p.chosen) + len(p.rejected) for p in sel), default=1)
+    t = bucket_length(longest, buckets)
+    b, r = batch_size, response_len
+    ids = np.full((b, t), pad_id, np.int32)
+    attn = np.zeros((b, t), np.int32)
+    pos = np.zeros((b, t), np.int32)
+    seg = np.zeros((b, t), np.int32)
+    resp_ids = np.full((2 * b, r), pad_id, np.int32)
+    resp_mask = np.zeros((2 * b, r), np.int32)
+    resp_src = np.zeros((2 * b, r), np.int32)
+    w = np.zeros((b,), np.float32)
+    pidx = np.full((b,), -1, np.int32)
+    for row, (i, p) in enumerate(zip(index, sel)):
+        first, second = p.chosen, p.rejected
+        if swap is not None and swap[i]:
+            first, second = second, first
+        n_p = len(p.prompt)
+        if n_p == 0:
+            raise ValueError(f"pair {i} has an empty prompt; packed rows need a prompt token "
+                             "to predict each response's first token")
+        ids[row, :n_p] = p.prompt
+        pos[row, :n_p] = np.arange(n_p)
+        start = n_p
+        for k, (out_row, response) in enumerate(((row, first), (b + row, second))):
+            n = len(response)
+            if n > r:
+                raise ValueError(f"pair {i} has a {n}-token response; response_len is {r}")
+            slots = np.arange(start, start + n)
+            ids[row, slots] = response
+            pos[row, slots] = n_p + np.arange(n)
+            seg[row, slots] = k + 1
+            resp_ids[out_row, :n] = response
+            resp_mask[out_row, :n] = 1
+            # The first response token is predicted by the last prompt token, the others by
+            # the previous token of the same response.
+            resp_src[out_row, :n] = np.concatenate([[n_p - 1], slots[:-1]]) if n else slots
+            start += n
+        attn[row, :start] = 1
+        pidx[row] = i
+        w[row] = 1.0 if weights is None else weights[i]
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "positions": pos,
+        "segment_ids": seg,
+        "response_ids": resp_ids,
+        "response_mask": resp_mask,
+        "response_source": resp_src,
         "pair_index": pidx,
         "weights": w,
     }

@@ -197,8 +197,10 @@ def positions_from_mask(attention_mask):
 
 
 def attend(q, k, v, *, kv_valid, q_slots, causal: bool, scale: float, sliding_window=None):
-    """Grouped-query attention. q [B,T,H,hd]; k, v [B,S,KV,hd]; kv_valid [B,S] bool.
+    """Grouped-query attention. q [B,T,H,hd]; k, v [B,S,KV,hd].
 
+    kv_valid [B,S] bool (which keys exist), or [B,T,S] (which keys each query may see: packed
+    rows such as prompt + chosen + rejected, where rejected must not see chosen).
     q_slots [T] int: each query's index along S (its own slot), so the causal rule is
     key_slot <= query_slot. Logits and softmax in fp32. Rows with no visible key (pad queries)
     get a uniform distribution instead of NaN; their outputs are ignored downstream.
@@ -209,7 +211,14 @@ def attend(q, k, v, *, kv_valid, q_slots, causal: bool, scale: float, sliding_wi
     qg = q.reshape(b, t, kvh, g, hd)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     logits = logits * scale
-    visible = kv_valid[:, None, :].astype(bool)  # [B, 1, S]
+    if kv_valid.ndim == 3:
+        if sliding_window:
+            # The window below is measured in slots, which packed rows do not keep contiguous.
+            raise ValueError("per-query masks (packed pair rows) do not support sliding-window "
+                             "attention; use separate chosen/rejected rows for this model")
+        visible = kv_valid.astype(bool)  # [B, T, S]
+    else:
+        visible = kv_valid[:, None, :].astype(bool)  # [B, 1, S]
     if causal:
         s_ids = jnp.arange(k.shape[1])
         visible = visible & (s_ids[None, None, :] <= q_slots[None, :, None])  # [B, T, S]

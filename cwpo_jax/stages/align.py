@@ -6,7 +6,10 @@ Method -> label source (confidence.pair_targets):
   weak             weak labels, weight 1 (WS-DPO)
   weak_confidence  weak labels, weight = confidence (CW-PO)
   top_fraction     weak labels, only the align.top_fraction most confident pairs
-Any loss of losses.py (align.loss). Reference log-probs come from one jitted pass over the pool,
+Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
++ chosen + rejected, the prompt run once) and only response positions go through the LM head;
+the log-probs equal those of separate chosen/rejected rows (tests/engine/test_packed_pairs.py).
+Reference log-probs come from one jitted pass over the pool,
 cached on disk under refcache/ by a content hash of (token ids, reference checkpoint), and reused
 by every method and rerun; the reference model is freed before training starts.
 """
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
 from cwpo_jax import confidence, losses, models, scores
-from cwpo_jax.data.batching import collate_pairs
+from cwpo_jax.data.batching import collate_packed_pairs, collate_pairs, default_buckets
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path
 from cwpo_jax.stages import common, sft
 from cwpo_jax.stages.score import annotator_identity, scores_path
@@ -37,10 +41,34 @@ def _token_digest(tokenized) -> str:
     return hash_bytes(*chunks)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def pair_batches(cfg, pool, tok) -> tuple[Callable, list[int]]:
+    """(collate(items, index, batch_size=, swap=, weights=), row length of each pool pair).
+
+    Shapes come from the whole pool, so every method and the reference pass share compiled
+    programs: packed rows use buckets up to the longest prompt + chosen + rejected and a fixed
+    response length (the longest response, rounded up to a multiple of 8).
+    """
+    if not cfg.align.packed_pairs:
+        collate = functools.partial(collate_pairs, buckets=common.buckets(cfg),
+                                    pad_id=common.pad_id(tok))
+        return collate, [p.length for p in pool]
+    lengths = [len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pool]
+    longest_response = max((max(len(p.chosen), len(p.rejected)) for p in pool), default=1)
+    collate = functools.partial(
+        collate_packed_pairs, buckets=default_buckets(_round_up(max(lengths, default=1), 8)),
+        response_len=_round_up(longest_response, 8), pad_id=common.pad_id(tok))
+    return collate, lengths
+
+
 def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndarray, np.ndarray]:
     """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached."""
     key = hash_bytes(_token_digest(tokenized).encode(), hash_path(ref_path).encode(),
-                     str(cfg.align.chunk_size).encode())
+                     str(cfg.align.chunk_size).encode(),
+                     b"packed" if cfg.align.packed_pairs else b"rows")
     cache = common.path(cfg, "refcache", f"{key}.npz")
     if os.path.exists(cache):
         cached = _read_cache(cache, ids)
@@ -50,12 +78,12 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
     common.log(STAGE, "reference log-probs: computing (one jitted pass)")
     ref = models.from_pretrained(ref_path)
     batch_size = cfg.score.batch_size
-    collate = functools.partial(collate_pairs, tokenized, batch_size=batch_size,
-                                buckets=common.buckets(cfg), pad_id=common.pad_id(tok))
+    collate, lengths = pair_batches(cfg, tokenized, tok)
+    collate = functools.partial(collate, tokenized, batch_size=batch_size)
     fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
     chosen = np.full(len(ids), np.nan)
     rejected = np.full(len(ids), np.nan)
-    for batch, logp in common.batched_pass(ref, fn, lengths=[p.length for p in tokenized],
+    for batch, logp in common.batched_pass(ref, fn, lengths=lengths,
                                            collate=collate, batch_size=batch_size, cfg=cfg,
                                            name=STAGE + "/reference", unit="pairs"):
         half = len(logp) // 2
@@ -90,7 +118,7 @@ def _read_cache(cache: str, ids) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _logprob_fn(model, batch, *, chunk_size):
-    return tasks.response_logprobs(model, batch, chunk_size=chunk_size)[0]
+    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size)[0]
 
 
 def method_targets(cfg, method: str, pool_ids, n_labelled: int):
@@ -134,6 +162,7 @@ def run_method(cfg, method: str) -> dict:
     swap, weight, keep = method_targets(cfg, method, pool_ids, len(labelled))
     index = np.flatnonzero(keep)
     items = [tokenized[i] for i in index]
+    pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
     sel_swap, sel_weight = swap[index], weight[index]
     sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)
     sel_ref_r = np.where(sel_swap, ref_chosen[index], ref_rejected[index]).astype(np.float32)
@@ -141,9 +170,8 @@ def run_method(cfg, method: str) -> dict:
     micro_size = train.batch_size // train.micro_batches
 
     def collate(batch_index):
-        batch = collate_pairs(items, batch_index, batch_size=micro_size,
-                              buckets=common.buckets(cfg), pad_id=common.pad_id(tok),
-                              swap=sel_swap, weights=sel_weight)
+        batch = pool_collate(items, batch_index, batch_size=micro_size, swap=sel_swap,
+                             weights=sel_weight)
         rows = np.maximum(batch["pair_index"], 0)
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
         return batch
@@ -163,7 +191,7 @@ def run_method(cfg, method: str) -> dict:
     task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=cfg.align.beta,
                              normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
-    model = common.fit(model, task, lengths=[p.length for p in items], collate=collate,
+    model = common.fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
                        train_cfg=train, cfg=cfg, workdir=common.path(cfg, stage), name=stage,
                        trainable=trainable,
                        flops_per_token=common.train_flops_per_token(

@@ -73,6 +73,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.align.confidence = "c1"
     c.align.top_fraction = 0.3
     c.align.chunk_size = 128  # chunked log-probs; 0 = full logits
+    # One packed row per pair (prompt once, response-only LM head); False = chosen and rejected
+    # as separate rows. Needs a model without sliding-window attention.
+    c.align.packed_pairs = True
     c.align.lora_rank = 0  # > 0 trains LoRA adapters only
     c.align.lora_alpha = 16.0
     c.align.lora_dropout = 0.05

@@ -6,7 +6,9 @@ gradients over micro-batches gives exactly the large-batch result (gradient accu
 
 Batch keys (from cwpo_jax.data): input_ids, attention_mask, response_mask [N, T]; pair batches
 stack chosen rows [:B] over rejected rows [B:]. Pair-level keys are [B]: weights, valid,
-ref_logps ([2B], the cached reference log-probs in the same row order).
+ref_logps ([2B], the cached reference log-probs in the same row order). A packed pair batch
+(data.collate_packed_pairs: one prompt + chosen + rejected row per pair, marked by its
+segment_ids key) gives the same [2B] log-probs through packed_response_logprobs.
 """
 from __future__ import annotations
 
@@ -31,6 +33,44 @@ def response_logprobs(model, batch, *, chunk_size: int = 0):
     return losses.sequence_logprobs(logits, targets, mask)
 
 
+def packed_visibility(segment_ids, attention_mask):
+    """[B, L, L] bool: key j is visible to query i when it is a real token of the prompt or of
+    i's own response (the causal rule is applied by the attention itself)."""
+    key_real = attention_mask.astype(bool)[:, None, :]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return key_real & (same | (segment_ids == 0)[:, None, :])
+
+
+def packed_response_logprobs(model, batch, *, chunk_size: int = 0):
+    """Like response_logprobs for a packed pair batch: [2B] summed log-probs and counts.
+
+    The prompt runs once per pair (prefix sharing), and only the hidden states that predict a
+    response token go through the LM head.
+    """
+    hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
+                              positions=batch["positions"],
+                              kv_valid=packed_visibility(batch["segment_ids"],
+                                                         batch["attention_mask"]))
+    b, r = batch["input_ids"].shape[0], batch["response_ids"].shape[1]
+    # Rows [:B] of response_source index pair b's chosen, rows [B:] its rejected.
+    source = batch["response_source"].reshape(2, b, r).transpose(1, 0, 2).reshape(b, 2 * r)
+    picked = jnp.take_along_axis(hidden, source[:, :, None], axis=1)
+    picked = picked.reshape(b, 2, r, -1).transpose(1, 0, 2, 3).reshape(2 * b, r, -1)
+    head = model.lm_head_matrix()
+    targets, mask = batch["response_ids"], batch["response_mask"]
+    if chunk_size:
+        return losses.chunked_sequence_logprobs(picked, head, targets, mask,
+                                                chunk_size=min(chunk_size, r))
+    logits = jnp.einsum("btd,dv->btv", picked, head, preferred_element_type=jnp.float32)
+    return losses.sequence_logprobs(logits, targets, mask)
+
+
+def pair_logprobs(model, batch, *, chunk_size: int = 0):
+    """[2B] log-probs and counts of a pair batch, packed or chosen-over-rejected rows."""
+    fn = packed_response_logprobs if "segment_ids" in batch else response_logprobs
+    return fn(model, batch, chunk_size=chunk_size)
+
+
 def split_pairs(x):
     half = x.shape[0] // 2
     return x[:half], x[half:]
@@ -39,7 +79,7 @@ def split_pairs(x):
 def preference_task(model, batch, *, pair_loss, beta: float, normalize: bool = False,
                     chunk_size: int = 0):
     """CW-PO: numerator/denominator of mean(w * l) (or sum(w l)/sum(w) when normalize)."""
-    logp, n_tokens = response_logprobs(model, batch, chunk_size=chunk_size)
+    logp, n_tokens = pair_logprobs(model, batch, chunk_size=chunk_size)
     policy_chosen, policy_rejected = split_pairs(logp)
     ref_chosen, ref_rejected = split_pairs(batch["ref_logps"])
     n_chosen, n_rejected = split_pairs(n_tokens)

@@ -1,0 +1,110 @@
+"""Packed pair rows (prefix sharing + response-only LM head) against chosen-over-rejected rows."""
+import functools
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cwpo_jax import losses, models
+from cwpo_jax.data import TokenizedPair, collate_packed_pairs, collate_pairs
+from cwpo_jax.train import tasks
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "models", "fixtures")
+
+
+def random_pairs(n, vocab, seed=0, max_prompt=9, max_response=7):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        lens = rng.integers(1, max_prompt + 1), rng.integers(0, max_response + 1), \
+            rng.integers(1, max_response + 1)
+        p, c, r = (rng.integers(1, vocab, n).astype(np.int32) for n in lens)
+        out.append(TokenizedPair(p, c, r))
+    return out
+
+
+def both_layouts(pairs, index, *, batch_size=4, swap=None, weights=None):
+    common = dict(batch_size=batch_size, pad_id=0, swap=swap, weights=weights)
+    plain = collate_pairs(pairs, index, buckets=(8, 16, 32), **common)
+    packed = collate_packed_pairs(pairs, index, buckets=(16, 32, 48), response_len=8, **common)
+    return plain, packed
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "opt"])
+def model(request):
+    return models.from_pretrained(os.path.join(FIXTURES, request.param))
+
+
+def test_packed_logprobs_equal_separate_rows(model):
+    pairs = random_pairs(7, model.config.vocab_size)
+    swap = np.array([0, 1, 0, 1, 1, 0, 0], bool)
+    plain, packed = both_layouts(pairs, [0, 2, 5], swap=swap)
+    for chunk in (0, 4):
+        want, want_n = tasks.response_logprobs(model, plain, chunk_size=chunk)
+        got, got_n = tasks.packed_response_logprobs(model, packed, chunk_size=chunk)
+        np.testing.assert_array_equal(np.asarray(got_n), np.asarray(want_n))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
+    # The padding pair (4th row) contributes nothing.
+    assert float(got_n[3]) == 0.0 and float(got_n[7]) == 0.0
+
+
+def test_packed_preference_loss_and_gradients_match(model):
+    pairs = random_pairs(4, model.config.vocab_size, seed=3)
+    weights = np.array([1.0, 0.2, 0.7, 0.0], np.float32)
+    plain, packed = both_layouts(pairs, [0, 1, 2, 3], weights=weights)
+    ref = np.random.default_rng(1).normal(-30, 3, 8).astype(np.float32)
+    extra = {"ref_logps": ref, "valid": np.ones(4, np.float32)}
+    task = functools.partial(tasks.preference_task, pair_loss=losses.pair_loss_fn("dpo", beta=0.5),
+                             beta=0.5)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, batch):
+        num, den, _ = task(nnx.merge(graphdef, params, rest), batch)
+        return num / den
+
+    want, want_g = jax.value_and_grad(loss)(params, {**plain, **extra})
+    got, got_g = jax.value_and_grad(loss)(params, {**packed, **extra})
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-6)
+
+
+def test_rejected_tokens_do_not_see_chosen(model):
+    """Changing the chosen response must not change the rejected response's log-probs."""
+    pairs = random_pairs(2, model.config.vocab_size, seed=5)
+    other = [TokenizedPair(p.prompt, (p.chosen + 1) % model.config.vocab_size, p.rejected)
+             for p in pairs]
+    _, a = both_layouts(pairs, [0, 1], batch_size=2)
+    _, b = both_layouts(other, [0, 1], batch_size=2)
+    la, _ = tasks.packed_response_logprobs(model, a)
+    lb, _ = tasks.packed_response_logprobs(model, b)
+    np.testing.assert_array_equal(np.asarray(la)[2:], np.asarray(lb)[2:])
+
+
+def test_packed_layout_fields():
+    p = TokenizedPair(np.array([5, 6, 7], np.int32), np.array([8, 9], np.int32),
+                      np.array([10], np.int32))
+    b = collate_packed_pairs([p], [0], batch_size=2, buckets=(8,), response_len=4, pad_id=0,
+                             swap=np.array([True]))
+    # Swapped: the stored rejected response comes first.
+    np.testing.assert_array_equal(b["input_ids"][0], [5, 6, 7, 10, 8, 9, 0, 0])
+    np.testing.assert_array_equal(b["segment_ids"][0], [0, 0, 0, 1, 2, 2, 0, 0])
+    np.testing.assert_array_equal(b["positions"][0], [0, 1, 2, 3, 3, 4, 0, 0])
+    np.testing.assert_array_equal(b["attention_mask"][0], [1, 1, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(b["response_ids"][[0, 2]], [[10, 0, 0, 0], [8, 9, 0, 0]])
+    np.testing.assert_array_equal(b["response_source"][[0, 2]], [[2, 0, 0, 0], [2, 4, 0, 0]])
+    np.testing.assert_array_equal(b["pair_index"], [0, -1])
+
+
+def test_packed_refusals():
+    long = TokenizedPair(np.array([1], np.int32), np.arange(1, 6, dtype=np.int32),
+                         np.array([2], np.int32))
+    with pytest.raises(ValueError, match="5-token response; response_len is 4"):
+        collate_packed_pairs([long], [0], batch_size=1, buckets=(16,), response_len=4, pad_id=0)
+    empty = TokenizedPair(np.zeros(0, np.int32), np.array([1], np.int32), np.array([2], np.int32))
+    with pytest.raises(ValueError, match="empty prompt"):
+        collate_packed_pairs([empty], [0], batch_size=1, buckets=(16,), response_len=4, pad_id=0)
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        collate_packed_pairs([long], [0], batch_size=1, buckets=(4,), response_len=8, pad_id=0)
