@@ -1,5 +1,6 @@
 """PNG plots of a finished run: GRA per method with intervals, the annotator's confidence split
-by correct / incorrect weak labels, its reliability diagram, and training curves."""
+by correct / incorrect weak labels, its reliability diagram, and training curves; of a sweep:
+GRA per method and labelled fraction with the intervals over seeds and every seed's value."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,47 @@ def plot_gra(results: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_gra_sweep(summary: dict, path: str) -> None:
+    """Grouped bars: one group per method, one bar per labelled fraction (mean over seeds) with
+    its 95% interval, and a dot per seed."""
+    plt = _plt()
+    fractions = summary["sweep"]["fractions"]
+    names = list(summary["methods"])
+    width = 0.8 / len(fractions)
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.8))
+    for j, f in enumerate(fractions):
+        x = np.arange(len(names)) + (j - (len(fractions) - 1) / 2) * width
+        ms = [f["methods"][n] for n in names]
+        gra = np.array([m["gra"] for m in ms]) * 100
+        low = np.array([m["ci_low"] for m in ms]) * 100
+        high = np.array([m["ci_high"] for m in ms]) * 100
+        seeds = max(m["seeds"] for m in ms)
+        ax.bar(x, gra, width * 0.9, yerr=[gra - low, high - gra], capsize=4,
+               label=f"{100 * f['labelled_fraction']:g}% labels ({seeds} seed"
+                     f"{'s' if seeds > 1 else ''})")
+        for xi, m in zip(x, ms):
+            runs = [r["gra"] * 100 for r in m["runs"]]
+            ax.plot([xi] * len(runs), runs, "o", color="black", mfc="white", ms=4, zorder=3)
+    ax.axhline(50, color="grey", lw=1, ls="--")
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("GRA vs reference (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("GRA, mean over seeds with 95% t-interval over seeds\n(one seed: bootstrap "
+                 "interval over prompts); circles: single seeds", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_sweep_plot(output_dir: str, summary: dict) -> str:
+    plots = os.path.join(output_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    out = os.path.join(plots, "gra.png")
+    plot_gra_sweep(summary, out)
+    return out
 
 
 def plot_confidence(score_a, score_b, correct, path: str, *, against: str) -> None:

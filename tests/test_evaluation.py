@@ -52,3 +52,41 @@ def test_judges():
     assert v[0] > 0.5 and v[1] < -0.3
     with pytest.raises(ValueError, match="gold judge"):
         gold.make_judge("oracle")
+
+
+def brute_force_gra(policy, reference):
+    """GRA by explicit loops: per prompt, every (policy sample, reference sample) comparison."""
+    rates = []
+    for a_row, b_row in zip(policy, reference):
+        wins = [1.0 if a > b else 0.0 if a < b else 0.5 for a in a_row for b in b_row]
+        rates.append(sum(wins) / len(wins))
+    return np.asarray(rates)
+
+
+def test_gra_with_k_samples_matches_brute_force_and_resamples_prompts():
+    rng = np.random.default_rng(3)
+    policy = rng.integers(0, 4, (30, 3)).astype(float)  # small integers: many ties
+    reference = rng.integers(0, 4, (30, 3)).astype(float)
+    rates = brute_force_gra(policy, reference)
+    np.testing.assert_allclose(evaluation.prompt_win_rates(policy, reference), rates)
+    out = evaluation.gold_reward_accuracy(policy, reference, seed=5, resamples=400)
+    mean, low, high = evaluation.bootstrap_interval(rates, seed=5, resamples=400)
+    assert (out["gra"], out["ci_low"], out["ci_high"], out["n"]) == pytest.approx(
+        (mean, low, high, 30))
+    # k x k comparisons differ from pairing sample j with sample j only
+    paired = evaluation.gold_reward_accuracy(policy.ravel(), reference.ravel(), resamples=10)
+    assert paired["gra"] != pytest.approx(out["gra"]) and paired["n"] == 90
+    # one sample per prompt: [P] and [P, 1] give the single-sample GRA
+    one = evaluation.gold_reward_accuracy(policy[:, 0], reference[:, :1], resamples=10)
+    assert one["gra"] == pytest.approx(brute_force_gra(policy[:, :1], reference[:, :1]).mean())
+    with pytest.raises(ValueError, match="same P"):
+        evaluation.prompt_win_rates(policy, reference[:-1])
+
+
+def test_seed_interval_is_the_t_interval_over_runs():
+    out = evaluation.seed_interval([0.4, 0.5, 0.6])
+    assert out["mean"] == pytest.approx(0.5) and out["sd"] == pytest.approx(0.1)
+    half = 4.302653 * 0.1 / np.sqrt(3)  # t_{0.975, 2}
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-6)
+    single = evaluation.seed_interval([0.7])
+    assert single["mean"] == 0.7 and single["sd"] is None and single["ci_low"] is None

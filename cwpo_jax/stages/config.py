@@ -1,6 +1,8 @@
 """Config validation before any compute: one line per problem, naming the field."""
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from cwpo_jax import confidence, losses
@@ -23,9 +25,53 @@ def _unknown_keys(cfg, reference, prefix=""):
             yield from _unknown_keys(cfg[key], reference[key], path + ".")
 
 
+def pool_seed(cfg) -> int:
+    """The seed that fixes the preference pool: data.pool_seed, or the run's seed when -1."""
+    return cfg.data.pool_seed if cfg.data.pool_seed >= 0 else cfg.seed
+
+
+def run_name(labelled_fraction: float, seed: int) -> str:
+    return f"frac{labelled_fraction:g}_seed{seed}"
+
+
+def sweep_run_config(cfg, labelled_fraction: float, seed: int) -> ml_collections.ConfigDict:
+    """One sweep run: a normal run in its own folder with its own labelled share and seed, on
+    the sweep's pool (pool_seed(cfg)), so the sampled dataset is built once for all runs."""
+    run = cfg.copy_and_resolve_references()
+    run.output_dir = os.path.join(cfg.output_dir, run_name(labelled_fraction, seed))
+    run.seed = int(seed)
+    run.data.labelled_fraction = float(labelled_fraction)
+    run.data.pool_seed = pool_seed(cfg)
+    run.sweep.runs = ()
+    return run
+
+
+def _sweep_errors(cfg, num_devices) -> list[str]:
+    """Each sweep entry must be a (labelled_fraction, seed) pair, listed once, whose run
+    config is valid; problems of a run are reported under its entry."""
+    errors, seen = [], set()
+    for i, entry in enumerate(cfg.sweep.runs):
+        field = f"sweep.runs[{i}]"
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+                and isinstance(entry[0], (int, float)) and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool) and entry[1] >= 0):
+            errors.append(f"{field}: {entry!r} is not a (labelled_fraction, seed >= 0) pair")
+            continue
+        if run_name(*entry) in seen:
+            errors.append(f"{field}: {tuple(entry)} is listed twice")
+        seen.add(run_name(*entry))
+        try:
+            validate(sweep_run_config(cfg, *entry), num_devices=num_devices)
+        except ConfigError as e:
+            errors += [f"{field} {tuple(entry)}: {line}" for line in str(e).splitlines()]
+    return errors
+
+
 def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
     """Raise ConfigError listing every invalid field (unknown keys, ranges, divisibility)."""
     errors = [f"{k}: unknown config key" for k in _unknown_keys(cfg, defaults())]
+    if cfg.sweep.runs and not errors:
+        errors += _sweep_errors(cfg, num_devices)
     if errors:
         raise ConfigError("\n".join(errors))
 
@@ -47,6 +93,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
           f"need 0 < max_prompt_len ({d.max_prompt_len}) < max_len ({d.max_len})")
     check(d.source == "file" or d.rater_temperature > 0, "data.rater_temperature",
           "must be > 0 for simulated raters")
+    check(d.pool_seed >= -1, "data.pool_seed", f"must be >= 0, or -1 for the run's seed, got "
+                                                f"{d.pool_seed}")
     check(d.num_pairs >= 0, "data.num_pairs", f"must be >= 0, got {d.num_pairs}")
     check(d.source == "file" or d.num_pairs > 0, "data.num_pairs",
           f"must be > 0 for data.source={d.source}")
@@ -106,6 +154,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     check(0 < e.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {e.top_p}")
     check(e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
     check(e.batch_size > 0, "evaluate.batch_size", f"must be > 0, got {e.batch_size}")
+    check(e.samples_per_prompt > 0, "evaluate.samples_per_prompt",
+          f"must be > 0, got {e.samples_per_prompt}")
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]
     check(all(s == -1 or s > 0 for s in sizes) and sizes.count(-1) <= 1, "mesh",
@@ -132,5 +182,7 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         check(2 * cfg.score.batch_size % data_parallel == 0, "score.batch_size",
               f"2 x {cfg.score.batch_size} rows per scoring batch are not divisible by the "
               f"data-parallel size {data_parallel} (mesh data x fsdp)")
+    if cfg.sweep.runs and not errors:
+        errors += _sweep_errors(cfg, num_devices)
     if errors:
         raise ConfigError("\n".join(errors))

@@ -1,6 +1,6 @@
 """Defaults shared by every preset: configs/*.py start from `defaults()` and override.
 
-Sections: data, mesh, annotator, score, sft, align, evaluate. `validate` (stages/config.py)
+Sections: data, mesh, annotator, score, sft, align, evaluate, sweep. `validate` (stages/config.py)
 rejects unknown keys and out-of-range values before any compute.
 """
 import ml_collections
@@ -49,6 +49,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.response_top_p = 0.95
     c.data.sample_batch_size = 32
     c.data.cache_dir = "~/.cache/cwpo_jax"
+    # Seed of the pool itself (synthetic pairs; demo prompts and sampled responses; file
+    # subsample); -1 = the run's seed. A sweep fixes it so its runs share one pool.
+    c.data.pool_seed = -1
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -91,4 +94,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.evaluate.top_p = 1.0
     c.evaluate.batch_size = 16
     c.evaluate.bootstrap = 2000
+    # k responses per prompt from each policy and from the reference; GRA per prompt is the
+    # share of the k x k comparisons won, so k > 1 tightens the interval at equal prompts.
+    c.evaluate.samples_per_prompt = 1
+
+    # Several runs of the whole pipeline, one (labelled_fraction, seed) per entry, each in
+    # output_dir/frac<fraction>_seed<seed>/, aggregated into output_dir/results.*;
+    # empty = one run in output_dir with data.labelled_fraction and seed.
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.runs = ()
     return c

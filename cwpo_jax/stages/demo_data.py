@@ -16,6 +16,7 @@ from cwpo_jax import assets
 from cwpo_jax.data.splits import seeded_rank
 from cwpo_jax.io_utils import atomic_open, hash_json, hash_path
 from cwpo_jax.stages import common
+from cwpo_jax.stages.config import pool_seed
 
 STAGE = "data/sample"
 
@@ -26,7 +27,7 @@ def demo_prompts(cfg) -> list[str]:
     if cfg.data.num_pairs > len(prompts):
         raise ValueError(f"data.num_pairs={cfg.data.num_pairs} but the corpus has only "
                          f"{len(prompts)} distinct prompts")
-    return sorted(prompts, key=lambda p: seeded_rank(p, cfg.seed))[:cfg.data.num_pairs]
+    return sorted(prompts, key=lambda p: seeded_rank(p, pool_seed(cfg)))[:cfg.data.num_pairs]
 
 
 def sampled_triples(cfg) -> list[tuple[str, str, str]]:
@@ -38,7 +39,7 @@ def sampled_triples(cfg) -> list[tuple[str, str, str]]:
     # The original checkpoint's hash (not the converted copy's): the cache outlives run folders.
     source = cfg.sft.model if cfg.sft.model.startswith("tiny:") else assets.resolve(cfg.sft.model)
     key = hash_json({"student": hash_path(source if os.path.exists(source) else student),
-                     "prompts": prompts, "seed": cfg.seed,
+                     "prompts": prompts, "seed": pool_seed(cfg),
                      "max_new_tokens": d.response_max_new_tokens,
                      "temperature": d.response_temperature, "top_p": d.response_top_p,
                      "max_prompt_len": d.max_prompt_len, "max_len": d.max_len})
@@ -53,8 +54,8 @@ def sampled_triples(cfg) -> list[tuple[str, str, str]]:
             common.sample_texts, cfg, student, messages, max_new_tokens=d.response_max_new_tokens,
             temperature=d.response_temperature, top_p=d.response_top_p,
             batch_size=d.sample_batch_size)
-        first = sample(seed=cfg.seed, name=STAGE + " a")
-        second = sample(seed=cfg.seed + 10_000, name=STAGE + " b")
+        first = sample(seed=pool_seed(cfg), name=STAGE + " a")
+        second = sample(seed=pool_seed(cfg) + 10_000, name=STAGE + " b")
         rows = [{"prompt": p, "a": a, "b": b} for p, a, b in zip(prompts, first, second)]
         if jax.process_index() == 0:
             with atomic_open(cache) as f:

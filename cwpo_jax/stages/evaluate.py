@@ -1,9 +1,11 @@
 """Stage 5, evaluate: GRA of every aligned policy against the reference on held-out prompts.
 
-For each held-out prompt, one response is sampled from the policy and one from the reference
-(KV-cache sampler, temperature evaluate.temperature); the gold judge scores both; GRA is the
-share of prompts where the policy's response scores higher (ties count half), with a bootstrap
-95% interval. Writes eval/samples_<name>.jsonl, results.json and results.md.
+For each held-out prompt, k = evaluate.samples_per_prompt responses are sampled from the policy
+and k from the reference (KV-cache sampler, temperature evaluate.temperature); the gold judge
+scores them all; a prompt's win rate is the share of its k x k (policy, reference) comparisons
+the policy wins (ties count half) and GRA is the mean over prompts, with a bootstrap 95%
+interval over prompts. Writes eval/samples_<name>.jsonl (one line per response), results.json
+and results.md; a rerun with the same seed, methods and evaluate settings skips the stage.
 """
 from __future__ import annotations
 
@@ -34,17 +36,27 @@ def eval_prompts(cfg) -> list:
 
 
 def sample(cfg, model_path: str, prompts, *, seed: int, name: str) -> list[str]:
+    """evaluate.samples_per_prompt responses per prompt, prompt-major (entry i * k + j is sample
+    j of prompt i). The copies of a prompt share the sampler's batches and draw independently."""
     e = cfg.evaluate
-    return common.sample_texts(cfg, model_path, prompts, seed=seed,
+    repeated = [p for p in prompts for _ in range(e.samples_per_prompt)]
+    return common.sample_texts(cfg, model_path, repeated, seed=seed,
                                max_new_tokens=e.max_new_tokens, temperature=e.temperature,
                                top_p=e.top_p, batch_size=e.batch_size, name=name)
 
 
-def _write_samples(cfg, name, prompts, texts, scores_):
+def _write_samples(cfg, name, prompts, texts, scores_, k: int = 1):
+    """One line per response: its prompt, sample index j < k, text and gold score."""
     with atomic_open(common.path(cfg, STAGE, f"samples_{name}.jsonl")) as f:
-        for p, t, s in zip(prompts, texts, scores_):
-            f.write(json.dumps({"prompt": list(p), "response": t, "gold": float(s)},
-                               ensure_ascii=False) + "\n")
+        for i, (t, s) in enumerate(zip(texts, scores_)):
+            f.write(json.dumps({"prompt": list(prompts[i // k]), "sample": i % k, "response": t,
+                                "gold": float(s)}, ensure_ascii=False) + "\n")
+
+
+def _settings(cfg) -> dict:
+    """What evaluation depends on beyond the earlier stages' outputs (JSON-normalised)."""
+    return json.loads(json.dumps({"seed": cfg.seed, "methods": list(cfg.align.methods),
+                                  "evaluate": cfg.evaluate.to_dict()}))
 
 
 def results_markdown(results: dict) -> str:
@@ -61,7 +73,10 @@ def results_markdown(results: dict) -> str:
     ref = results["reference"]
     lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - |")
     a = results["annotator"]
-    lines += ["", f"Prompts: {ref['prompts']}. Gold judge: {results['gold_judge']}.",
+    k = ref["samples_per_prompt"]
+    samples = (f", {k} samples per prompt from each model (GRA per prompt over the {k} x {k} "
+               f"comparisons; the interval resamples prompts)" if k > 1 else "")
+    lines += ["", f"Prompts: {ref['prompts']}{samples}. Gold judge: {results['gold_judge']}.",
               f"Annotator accuracy on the unlabelled share: vs human labels "
               f"{100 * a['accuracy_vs_human']:.1f}%" + (
                   f", vs gold {100 * a['accuracy_vs_gold']:.1f}% (simulated raters vs gold "
@@ -72,23 +87,29 @@ def results_markdown(results: dict) -> str:
 
 
 def run(cfg) -> dict:
+    if (common.is_done(cfg, STAGE)
+            and common.read_json(common.done_marker(cfg, STAGE)) == _settings(cfg)):
+        common.log(STAGE, "results exist for these settings; skipping")
+        return common.read_json(common.path(cfg, "results.json"))
     prompts = eval_prompts(cfg)
     if not prompts:
         raise ValueError("the eval split is empty; raise data.eval_fraction")
     judge = gold_lib.make_judge(cfg.evaluate.gold_judge)
-    prompt_texts = [p[-1]["content"] for p in prompts]
+    k = cfg.evaluate.samples_per_prompt
+    prompt_texts = [p[-1]["content"] for p in prompts for _ in range(k)]
     ref_path = sft.reference_path(cfg)
     ref_texts = sample(cfg, ref_path, prompts, seed=cfg.seed, name=STAGE + "/reference")
     ref_gold = judge.score(prompt_texts, ref_texts)
-    _write_samples(cfg, "reference", prompts, ref_texts, ref_gold)
+    _write_samples(cfg, "reference", prompts, ref_texts, ref_gold, k)
     methods = {}
     for i, method in enumerate(cfg.align.methods):
         summary = common.read_json(common.done_marker(cfg, f"align/{method}"))
         texts = sample(cfg, summary["policy"], prompts, seed=cfg.seed + 1 + i,
                        name=f"{STAGE}/{method}")
         policy_gold = judge.score(prompt_texts, texts)
-        _write_samples(cfg, method, prompts, texts, policy_gold)
-        stats = gold_reward_accuracy(policy_gold, ref_gold, seed=cfg.seed,
+        _write_samples(cfg, method, prompts, texts, policy_gold, k)
+        stats = gold_reward_accuracy(np.reshape(policy_gold, (-1, k)),
+                                     np.reshape(ref_gold, (-1, k)), seed=cfg.seed,
                                      resamples=cfg.evaluate.bootstrap)
         methods[method] = {**stats, "mean_gold": float(np.mean(policy_gold)),
                            "pairs": summary["pairs"], "mean_weight": summary["mean_weight"]}
@@ -98,7 +119,8 @@ def run(cfg) -> dict:
     annotator = {k: v for k, v in score_summary.items() if k != "annotator"}
     annotator.update(common.read_json(common.done_marker(cfg, "annotator")))
     results = {"methods": methods, "annotator": annotator, "gold_judge": judge.name,
-               "reference": {"mean_gold": float(np.mean(ref_gold)), "prompts": len(prompts)},
+               "reference": {"mean_gold": float(np.mean(ref_gold)), "prompts": len(prompts),
+                             "samples_per_prompt": k},
                "data": common.read_json(common.done_marker(cfg, "data")),
                "config": cfg.to_dict()}
     if jax.process_index() == 0:
@@ -112,5 +134,6 @@ def run(cfg) -> dict:
             np.asarray([gold[i][0] != gold[i][1] for i in scored["ids"]]))
         for plot in report.write_plots(cfg.output_dir, results, scored, gold_a):
             common.log(STAGE, f"wrote {plot}")
+    common.mark_done(cfg, STAGE, _settings(cfg))
     print(results_markdown(results))
     return results

@@ -17,6 +17,7 @@ from cwpo_jax.data import PreferencePair, content_id, load_preferences
 from cwpo_jax.data.splits import seeded_rank, split_pairs
 from cwpo_jax.io_utils import atomic_open, write_json
 from cwpo_jax.stages import common
+from cwpo_jax.stages.config import pool_seed
 
 STAGE = "data"
 
@@ -109,7 +110,7 @@ def run(cfg) -> dict:
         summary["read_report"] = str(report)
         common.log(STAGE, f"read {len(pairs)} pairs from {cfg.data.path}: {report}")
     elif cfg.data.source == "synthetic":
-        triples = synthetic_pairs(cfg.data.num_pairs, cfg.seed)
+        triples = synthetic_pairs(cfg.data.num_pairs, pool_seed(cfg))
         pairs, gold, stats = label_with_raters(triples, cfg, "synthetic")
         summary.update(stats)
     else:
@@ -119,7 +120,7 @@ def run(cfg) -> dict:
         pairs, gold, stats = label_with_raters(triples, cfg, "demo")
         summary.update(stats)
     if cfg.data.source == "file" and cfg.data.num_pairs and len(pairs) > cfg.data.num_pairs:
-        pairs = sorted(pairs, key=lambda p: seeded_rank(p.id, cfg.seed))[:cfg.data.num_pairs]
+        pairs = sorted(pairs, key=lambda p: seeded_rank(p.id, pool_seed(cfg)))[:cfg.data.num_pairs]
     splits = split_pairs(pairs, seed=cfg.seed, labelled=cfg.data.labelled_fraction,
                          eval=cfg.data.eval_fraction, group_by="prompt")
     for name in ("labelled", "unlabelled", "eval"):

@@ -1,0 +1,138 @@
+"""Aggregate a sweep (config sweep.runs: one full pipeline run per (labelled_fraction, seed)).
+
+Per labelled fraction and method: GRA mean over seeds, sample sd and a Student-t 95% interval of
+the mean over seeds (runs are the independent units: each seed draws its own splits, simulated
+rater labels, annotator head and batch order, LoRA init and dropout, and evaluation samples); a
+fraction run with one seed keeps that run's bootstrap interval over prompts instead. The first
+fraction of the sweep is the main one: its numbers fill the top-level "methods", "annotator" and
+"reference" keys of results.json, as in a single run; "sweep" holds every fraction and run.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from cwpo_jax import report
+from cwpo_jax.evaluation import seed_interval
+from cwpo_jax.io_utils import atomic_open, write_json
+from cwpo_jax.stages import common
+from cwpo_jax.stages.config import run_name
+
+T_INTERVAL = "95% Student-t interval of the mean over seeds"
+BOOTSTRAP = "95% bootstrap interval over prompts of the single seed"
+ANNOTATOR_KEYS = ("accuracy_vs_human", "accuracy_vs_gold", "human_vs_gold",
+                  "heldout_accuracy_vs_human", "mean_confidence", "ece_vs_human", "ece_vs_gold")
+
+
+def _method_summary(per_run: list[dict], seeds: list[int]) -> dict:
+    stats = seed_interval([m["gra"] for m in per_run])
+    one = stats["n"] == 1
+    return {"gra": stats["mean"], "sd": stats["sd"],
+            "ci_low": per_run[0]["ci_low"] if one else stats["ci_low"],
+            "ci_high": per_run[0]["ci_high"] if one else stats["ci_high"],
+            "interval": BOOTSTRAP if one else T_INTERVAL, "seeds": stats["n"],
+            "mean_gold": float(np.mean([m["mean_gold"] for m in per_run])),
+            "pairs": float(np.mean([m["pairs"] for m in per_run])),
+            "runs": [{"seed": s, **{k: m[k] for k in ("gra", "ci_low", "ci_high", "mean_gold",
+                                                      "pairs")}}
+                     for s, m in zip(seeds, per_run)]}
+
+
+def _annotator_summary(per_run: list[dict], seeds: list[int]) -> dict:
+    keys = [k for k in ANNOTATOR_KEYS if all(k in a for a in per_run)]
+    out = {k: float(np.mean([a[k] for a in per_run])) for k in keys}
+    out["seeds"] = len(per_run)
+    out["runs"] = [{"seed": s, **{k: a[k] for k in keys}} for s, a in zip(seeds, per_run)]
+    return out
+
+
+def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
+    """runs: (labelled_fraction, seed, that run's results.json) in sweep order -> the sweep's
+    results.json (pure)."""
+    fractions = list(dict.fromkeys(f for f, _, _ in runs))  # sweep order, each once
+    by_fraction = []
+    for fraction in fractions:
+        group = [(s, r) for f, s, r in runs if f == fraction]
+        seeds = [s for s, _ in group]
+        by_fraction.append({
+            "labelled_fraction": fraction, "seeds": seeds,
+            "methods": {name: _method_summary([r["methods"][name] for _, r in group], seeds)
+                        for name in group[0][1]["methods"]},
+            "annotator": _annotator_summary([r["annotator"] for _, r in group], seeds),
+            "reference": {"mean_gold": float(np.mean([r["reference"]["mean_gold"]
+                                                      for _, r in group])),
+                          "prompts": group[0][1]["reference"]["prompts"],
+                          "samples_per_prompt": group[0][1]["reference"]["samples_per_prompt"]}})
+    main = by_fraction[0]
+    return {"methods": main["methods"], "annotator": main["annotator"],
+            "reference": main["reference"], "labelled_fraction": main["labelled_fraction"],
+            "gold_judge": runs[0][2]["gold_judge"], "config": config,
+            "sweep": {"fractions": by_fraction,
+                      "runs": [{"labelled_fraction": f, "seed": s, "dir": run_name(f, s),
+                                "methods": r["methods"], "annotator": r["annotator"],
+                                "reference": r["reference"]} for f, s, r in runs]}}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(summary: dict) -> str:
+    """Paper Table 3 layout: methods as rows, labelled fractions as columns; then intervals,
+    the annotator and every run."""
+    cfg, fractions = summary["config"], summary["sweep"]["fractions"]
+    ref = summary["reference"]
+    k = ref["samples_per_prompt"]
+    head = "| method | " + " | ".join(f"{100 * f['labelled_fraction']:g}% labels"
+                                      for f in fractions) + " |"
+    rule = "|---" * (len(fractions) + 1) + "|"
+    lines = [(f"Student {cfg['sft']['model']}, weak annotator {cfg['annotator']['model']}, loss "
+              f"{cfg['align']['loss']} (beta {cfg['align']['beta']}); gold judge "
+              f"{summary['gold_judge']}; {ref['prompts']} held-out prompts per run, {k} "
+              f"sample{'s' if k > 1 else ''} per prompt from each model."), "",
+             "GRA vs reference (%): mean ± sd over seeds (number of seeds).", "", head, rule]
+
+    def cell(m):
+        sd = f" ± {_pct(m['sd'])}" if m["sd"] is not None else ""
+        return f"{_pct(m['gra'])}{sd} ({m['seeds']} seed{'s' if m['seeds'] > 1 else ''})"
+
+    names = list(summary["methods"])
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cell(f["methods"][name]) for f in fractions)
+                     + " |")
+    for key, label in (("accuracy_vs_human", "annotator accuracy vs human labels"),
+                       ("accuracy_vs_gold", "annotator accuracy vs gold")):
+        if all(key in f["annotator"] for f in fractions):
+            lines.append(f"| {label} (mean) | " + " | ".join(
+                _pct(f["annotator"][key]) for f in fractions) + " |")
+    lines += ["", (f"95% intervals of the mean GRA (%): {T_INTERVAL}; with one seed, that run's "
+                   "bootstrap interval over prompts (marked *)."), "", head, rule]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(
+            f"[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]" + ("*" if m["seeds"] == 1 else "")
+            for m in (f["methods"][name] for f in fractions)) + " |")
+    lines += ["", ("Every run: GRA (%) [bootstrap 95% interval over prompts]; annotator accuracy "
+                   "(%) vs human labels / vs gold."), "",
+              "| labelled | seed | " + " | ".join(names) + " | annotator |",
+              "|---" * (len(names) + 3) + "|"]
+    for r in summary["sweep"]["runs"]:
+        a = r["annotator"]
+        lines.append(f"| {100 * r['labelled_fraction']:g}% | {r['seed']} | " + " | ".join(
+            f"{_pct(m['gra'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]"
+            for m in (r["methods"][n] for n in names))
+            + f" | {_pct(a['accuracy_vs_human'])} / {_pct(a.get('accuracy_vs_gold'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(cfg, runs: list[tuple[float, int, dict]]) -> dict:
+    """results.json, results.md and plots/gra.png of the sweep in cfg.output_dir; prints the
+    table. Returns the summary."""
+    summary = aggregate(runs, cfg.to_dict())
+    text = markdown(summary)
+    if jax.process_index() == 0:
+        write_json(common.path(cfg, "results.json"), summary)
+        with atomic_open(common.path(cfg, "results.md")) as f:
+            f.write(text)
+        common.log("sweep", f"wrote {report.write_sweep_plot(cfg.output_dir, summary)}")
+    print(text)
+    return summary
