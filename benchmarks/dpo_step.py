@@ -43,6 +43,11 @@ def load_model(spec: str, dtype: str):
         cfg, cls = build_config(dict(TINY_CONFIGS["llama"], vocab_size=512), dtype=dtype,
                                 param_dtype="float32")
         return cls(cfg, rngs=nnx.Rngs(0))
+    return models.from_pretrained(checkpoint_path(spec), dtype=dtype, param_dtype="float32")
+
+
+def checkpoint_path(spec: str) -> str:
+    """The HF folder a non-tiny model spec loads from (compare_trl.py hands it to TRL)."""
     path = assets.resolve("pkg:smollm2" if spec == "smollm2" else spec)
     if path.endswith(".gguf"):  # dequantise once into an HF folder, as the pipeline does
         name = os.path.splitext(os.path.basename(path))[0]
@@ -50,7 +55,7 @@ def load_model(spec: str, dtype: str):
         if not os.path.exists(cache):
             models.save_pretrained(models.from_pretrained(path), cache)
         path = cache
-    return models.from_pretrained(path, dtype=dtype, param_dtype="float32")
+    return path
 
 
 def make_batch(batch: int, prompt_len: int, completion_len: int, vocab: int, seed: int = 0):

@@ -1,0 +1,222 @@
+"""The DPO train step of dpo_step.py side by side with TRL's DPOTrainer (PyTorch), same weights,
+same token ids, same machine, one invocation. Prints a table and one final JSON line.
+
+python benchmarks/compare_trl.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
+    --completion-len=32 --steps=6 --reference=cached|online [--threads=N] \
+    [--logprobs=chunked|plain]
+
+Both sides: full fine-tuning in fp32, AdamW (lr 1e-6, grad-norm clip 1.0), sigmoid DPO loss with
+beta 0.5, all `batch` pairs in one optimizer step (no accumulation), no activation
+checkpointing; each pair is prompt-len + completion-len real tokens per sequence (no padding),
+the ids of dpo_step.make_batch. --reference=cached: TRL precomputes the reference log-probs
+before training (precompute_ref_log_probs=True), JAX reads constant ones from the batch; online:
+both run a frozen reference copy inside every step.
+
+JAX side: dpo_step.main in this process. TRL side: a subprocess (`--side=trl`) so that each peak
+RSS is its own process's high-water mark. It loads the same HF folder (the GGUF dequantised by
+dpo_step, or the tiny model written with cwpo_jax.models.save_pretrained) with transformers and
+runs DPOTrainer.train() for steps + 1 optimizer steps. What is timed on the TRL side: the wall
+time from the trainer's on_step_begin to its on_step_end callback, i.e. training_step (forward,
+backward, DPO loss and TRL's metrics) + gradient clipping + optimizer.step + scheduler step +
+zero_grad; the collated batch is already built, logging and saving are off. The first step is
+the warm-up; step_s is the median of the rest (JAX: the median after the compiling step).
+
+TRL 1.16 always tokenises text datasets, so a DPOTrainer subclass passes the already tokenised
+dataset (prompt_ids / chosen_ids / rejected_ids, what TRL's own tokenisation yields) through
+unchanged; no EOS is appended, so both sides see exactly the same tokens. TRL's defaults bf16=True
+and gradient_checkpointing=True (activation checkpointing) are turned off to match the JAX step.
+
+Threads: --threads=N pins this process and the TRL subprocess to the first N cores
+(sched_setaffinity, before JAX starts: XLA sizes its CPU thread pool from the affinity mask)
+and sets torch.set_num_threads(N); the default is every core of the machine.
+
+Tokens are counted as TRL counts them: real tokens of the chosen and rejected sequences, prompt
+included. ratio = JAX tokens/s / TRL tokens/s; memory_ratio = JAX peak RSS / TRL peak RSS.
+Needs `pip install -r requirements-trl.txt`; cwpo_jax itself never imports torch or trl.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--completion-len", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--reference", choices=("cached", "online"), default="cached")
+    p.add_argument("--logprobs", choices=("chunked", "plain"), default="chunked")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    # Internal: the TRL subprocess gets the HF folder and the token ids from the parent.
+    p.add_argument("--side", choices=("both", "trl"), default="both")
+    p.add_argument("--checkpoint")
+    p.add_argument("--ids")
+    return p.parse_args(argv)
+
+
+def pin_threads(threads: int) -> None:
+    if threads < os.cpu_count():
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water RSS. ru_maxrss is not used here: a process spawned with
+    vfork + exec inherits its parent's maximum in ru_maxrss."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def export(spec: str, directory: str) -> str:
+    """The HF folder both sides load: dpo_step's GGUF conversion or the given folder, or for
+    `tiny` dpo_step's seeded tiny model written with save_pretrained."""
+    import dpo_step
+
+    from cwpo_jax import models
+
+    if spec != "tiny":
+        return dpo_step.checkpoint_path(spec)
+    models.save_pretrained(dpo_step.load_model("tiny", "float32"), directory)
+    return directory
+
+
+def trl_side(args) -> dict:
+    """One TRL DPO run on the ids in args.ids; returns the TRL side's result fields."""
+    import datasets
+    import torch
+    import transformers
+    import trl
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    torch.set_num_threads(args.threads)
+    ids = np.load(args.ids)
+    b, p = args.batch, args.prompt_len
+    rows = {"prompt_ids": [r[:p].tolist() for r in ids[:b]],
+            "chosen_ids": [r[p:].tolist() for r in ids[:b]],
+            "rejected_ids": [r[p:].tolist() for r in ids[b:]]}
+    tokens = sum(len(pr) + len(c) + len(pr) + len(r) for pr, c, r in zip(*rows.values()))
+
+    class PretokenizedDPOTrainer(trl.DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset  # already TRL's tokenised columns
+
+    class StepTimer(transformers.TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], 0.0
+
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.start)
+
+    # The ids are given, so the tokenizer only supplies a pad id (no padding happens).
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel({"<pad>": 0}, unk_token="<pad>")),
+        pad_token="<pad>", eos_token="<pad>")
+    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        args.checkpoint, dtype=torch.float32)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        config = trl.DPOConfig(
+            output_dir=out, per_device_train_batch_size=b, gradient_accumulation_steps=1,
+            max_steps=args.steps + 1, learning_rate=1e-6, lr_scheduler_type="cosine",
+            max_grad_norm=1.0, weight_decay=0.0, beta=0.5, loss_type=["sigmoid"],
+            precompute_ref_log_probs=args.reference == "cached", max_length=None,
+            bf16=False, activation_checkpointing=False, use_cpu=True, seed=0,
+            logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True)
+        trainer = PretokenizedDPOTrainer(
+            model=load(), ref_model=load() if args.reference == "online" else None, args=config,
+            train_dataset=datasets.Dataset.from_dict(rows), processing_class=tokenizer,
+            callbacks=[timer])
+        output = trainer.train()
+    step_s = float(np.median(timer.times[1:]))
+    return {"step_s": step_s, "tokens_per_s": tokens / step_s, "first_step_s": timer.times[0],
+            "tokens_per_step": tokens, "steps_timed": len(timer.times) - 1,
+            "mean_loss": float(output.training_loss), "optim": str(config.optim),
+            "peak_rss_mb": peak_rss_mb(), "trl": trl.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def run_trl(args, checkpoint: str, ids_path: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--side=trl",
+               f"--checkpoint={checkpoint}", f"--ids={ids_path}", f"--model={args.model}",
+               f"--batch={args.batch}", f"--prompt-len={args.prompt_len}",
+               f"--completion-len={args.completion_len}", f"--steps={args.steps}",
+               f"--reference={args.reference}", f"--threads={args.threads}"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.side == "trl":
+        result = trl_side(args)
+        print(json.dumps(result))
+        return result
+    pin_threads(args.threads)  # before JAX is imported, when run as a script
+    import dpo_step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = export(args.model, os.path.join(tmp, "model"))
+        with open(os.path.join(checkpoint, "config.json")) as f:
+            vocab = json.load(f)["vocab_size"]
+        host, tokens = dpo_step.make_batch(args.batch, args.prompt_len, args.completion_len,
+                                           vocab)
+        ids_path = os.path.join(tmp, "ids.npy")
+        np.save(ids_path, host["input_ids"])
+        # dpo_step prints its own table and JSON: keep this script's stdout to one JSON line.
+        with contextlib.redirect_stdout(sys.stderr):
+            jax_result = dpo_step.main([
+                f"--model={args.model}", f"--batch={args.batch}",
+                f"--prompt-len={args.prompt_len}", f"--completion-len={args.completion_len}",
+                f"--steps={args.steps}", f"--reference={args.reference}",
+                f"--logprobs={args.logprobs}"])
+        trl_result = run_trl(args, checkpoint, ids_path)
+    if trl_result["tokens_per_step"] != tokens:
+        raise RuntimeError(f"TRL counted {trl_result['tokens_per_step']} tokens per step, "
+                           f"JAX {tokens}")
+    flops_per_token = (8.0 if args.reference == "online" else 6.0) * jax_result["matmul_params"]
+    trl_result["mfu"] = flops_per_token * trl_result["tokens_per_s"] / jax_result["peak_flops"]
+    jax_keys = ("step_s", "tokens_per_s", "first_step_s", "mfu", "peak_rss_mb", "loss",
+                "matmul_params", "peak_flops")
+    result = {
+        "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
+        "completion_len": args.completion_len, "reference": args.reference,
+        "logprobs": args.logprobs, "threads": args.threads, "steps": args.steps,
+        "tokens_per_step": tokens, "jax": {k: jax_result[k] for k in jax_keys}, "trl": trl_result,
+        "ratio": jax_result["tokens_per_s"] / trl_result["tokens_per_s"],
+        "memory_ratio": jax_result["peak_rss_mb"] / trl_result["peak_rss_mb"],
+    }
+    print(f"{'':>14} {'step (s)':>9} {'tokens/s':>9} {'MFU':>6} {'peak RSS (MB)':>14}")
+    for side in ("jax", "trl"):
+        r = result[side]
+        print(f"{side:>14} {r['step_s']:>9.3f} {r['tokens_per_s']:>9.1f} {r['mfu']:>6.1%} "
+              f"{r['peak_rss_mb']:>14.0f}")
+    print(f"{'jax / trl':>14} {'':>9} {result['ratio']:>9.2f} {'':>6} "
+          f"{result['memory_ratio']:>14.2f}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
