@@ -1,0 +1,105 @@
+"""The score, generate and compare_trl benchmarks run end to end on tiny models and report sane
+figures."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+
+import compare_trl
+import generate
+import score
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_score_benchmark_tiny(capsys):
+    result = score.main(["--models=tiny,tiny-llama", "--pairs=24", "--batch=4", "--length=128",
+                         "--no-torch"])
+    assert last_json(capsys) == json.loads(json.dumps(result))
+    assert result["torch_skipped"] and result["jax_over_torch"] == {}
+    rows = {(r["model"], r["workload"]): r for r in result["rows"]}
+    assert set(rows) == {(m, w) for m in ("tiny", "tiny-llama") for w in ("equal", "variable")}
+    for r in rows.values():
+        assert r["backend"] == "jax" and r["pairs"] == 24
+        assert r["pairs_per_s"] > 0 and r["pass_s"] > r["steady_batches_s"] > 0
+        # Both sequences of every pair are counted, so tokens/pair is their real length.
+        assert r["tokens_per_s"] / r["pairs_per_s"] <= 2 * 128
+    equal, variable = rows[("tiny", "equal")], rows[("tiny", "variable")]
+    assert equal["tokens_per_s"] == pytest.approx(2 * 128 * equal["pairs_per_s"])
+    assert equal["padded_share"] == 0.0 and equal["buckets"] == 1
+    assert 0.0 < variable["padded_share"] < 1.0
+
+
+def test_score_variable_lengths_fit_the_buckets():
+    pairs = score.make_pairs("variable", 200, 64, 512)
+    lengths = np.asarray([p.length for p in pairs])
+    assert lengths.max() <= 64 and lengths.min() >= 3
+    assert len(set(lengths.tolist())) > 10  # really variable
+
+
+def test_score_torch_column_tiny(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    result = score.main(["--models=tiny", "--pairs=8", "--batch=4", "--length=16"])
+    torch_rows = [r for r in result["rows"] if r["backend"] == "torch"]
+    assert [r["workload"] for r in torch_rows] == ["equal"]
+    assert torch_rows[0]["pairs_per_s"] > 0
+    assert result["jax_over_torch"]["tiny"] > 0 and math.isfinite(result["jax_over_torch"]["tiny"])
+
+
+def test_generate_benchmark_tiny(capsys):
+    result = generate.main(["--models=tiny", "--batch-sizes=1,4", "--prompt-len=8",
+                            "--new-tokens=6", "--repeats=2"])
+    assert last_json(capsys) == json.loads(json.dumps(result))
+    assert [r["batch"] for r in result["rows"]] == [1, 4]
+    for r in result["rows"]:
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 6 / r["step_s"])
+        assert r["ms_per_token"] == pytest.approx(1e3 * r["step_s"] / 6)
+        assert r["first_call_s"] >= r["compile_s"] >= 0
+        assert r["step_s"] > 0
+
+
+def test_compare_trl_tiny_export_matches_the_jax_batch(tmp_path):
+    """The JAX side's plumbing: the tiny model the TRL side loads is written with
+    save_pretrained, and the ids handed over are dpo_step's."""
+    import dpo_step
+
+    folder = compare_trl.export("tiny", str(tmp_path / "model"))
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    assert config["model_type"] == "llama" and config["vocab_size"] == 512
+    host, tokens = dpo_step.make_batch(2, 8, 8, config["vocab_size"])
+    assert host["input_ids"].shape == (4, 16) and tokens == 64
+    # chosen and rejected of a pair share the prompt, as the TRL dataset rows assume
+    np.testing.assert_array_equal(host["input_ids"][:2, :8], host["input_ids"][2:, :8])
+
+
+@pytest.mark.parametrize("reference", ["cached", "online"])
+def test_compare_trl_tiny(capsys, reference):
+    pytest.importorskip("trl")
+    result = compare_trl.main(["--model=tiny", "--batch=2", "--prompt-len=8",
+                               "--completion-len=8", "--steps=2", f"--reference={reference}"])
+    assert last_json(capsys) == json.loads(json.dumps(result))
+    assert result["tokens_per_step"] == 2 * 2 * 16
+    for side in ("jax", "trl"):
+        r = result[side]
+        assert r["step_s"] > 0 and r["peak_rss_mb"] > 100
+        assert r["tokens_per_s"] == pytest.approx(64 / r["step_s"])
+        assert 0 < r["mfu"] < 1
+    assert result["trl"]["steps_timed"] == 2
+    # Untrained policy == reference: the DPO loss starts at ln 2 (TRL's mean over 3 steps at
+    # lr 1e-6 barely moves).
+    if reference == "online":
+        assert result["trl"]["mean_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert result["ratio"] == pytest.approx(result["jax"]["tokens_per_s"]
+                                            / result["trl"]["tokens_per_s"])
+    assert result["memory_ratio"] == pytest.approx(result["jax"]["peak_rss_mb"]
+                                                   / result["trl"]["peak_rss_mb"])
