@@ -29,10 +29,6 @@ def _loss_and_aux(graphdef, task, compute_dtype):
     return fn
 
 
-def _where_tree(pred, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransformation, *,
                     schedule: optax.Schedule | None = None, compute_dtype=None):
     """step(state, frozen, batch) -> (state, metrics). Not jitted; see `jit_train_step`.
@@ -43,7 +39,14 @@ def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransform
     loss_fn = _loss_and_aux(graphdef, task, compute_dtype)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, frozen, batch):
+    def accumulate(state, frozen, batch):
+        """Summed gradients, numerator, denominator and metrics over the micro-batch axis."""
+        if jax.tree.leaves(batch)[0].shape[0] == 1:
+            # One micro-batch: no scan, so no zero-initialised accumulator next to the gradient.
+            (num, (den, metrics, mutable)), grads = grad_fn(
+                state.params, frozen, state.mutable, jax.tree.map(lambda x: x[0], batch))
+            return grads, num, den, mutable, jax.tree.map(lambda x: x[None], metrics)
+
         def micro_step(carry, micro_batch):
             grads, numerator, denominator, mutable = carry
             (num, (den, metrics, mutable)), g = grad_fn(state.params, frozen, mutable, micro_batch)
@@ -53,15 +56,24 @@ def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransform
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         init = (zeros, jnp.float32(0), jnp.float32(0), state.mutable)
         (grads, numerator, denominator, mutable), metrics = jax.lax.scan(micro_step, init, batch)
+        return grads, numerator, denominator, mutable, metrics
+
+    def step(state: TrainState, frozen, batch):
+        grads, numerator, denominator, mutable, metrics = accumulate(state, frozen, batch)
         denominator = jnp.where(denominator > 0, denominator, 1.0)
-        grads = jax.tree.map(lambda g: g / denominator, grads)
         loss = numerator / denominator
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads) / denominator
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = TrainState(state.step + 1, params, opt_state, mutable)
-        new_state = _where_tree(finite, new_state, state)
+
+        def update(state):
+            g = jax.tree.map(lambda g: g / denominator, grads)
+            updates, opt_state = optimizer.update(g, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return TrainState(state.step + 1, params, opt_state, mutable)
+
+        # A branch rather than a select over old and new state: the update can then be written
+        # into the donated buffers instead of materialising a second state.
+        new_state = jax.lax.cond(finite, update, lambda s: s, state)
         out = {k: jnp.mean(v) for k, v in metrics.items()}
         out.update(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
         if schedule is not None:

@@ -77,7 +77,7 @@ def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, mo
                                                                    capfd):
     cfg = first_run
     stage = "align/weak_confidence"
-    real = align.collate_pairs
+    real = align.collate_packed_pairs
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -88,7 +88,7 @@ def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, mo
                 batch["weights"] = np.full_like(batch["weights"], np.nan)
         return batch
 
-    monkeypatch.setattr(align, "collate_pairs", poisoned)
+    monkeypatch.setattr(align, "collate_packed_pairs", poisoned)
     ckpt_dir = common.path(cfg, stage, "ckpt")
     with pytest.raises(NonFiniteError, match=rf"\[{stage}\] step 4: loss nan .* not finite; "
                                              rf"stopped without applying it. Last good "
