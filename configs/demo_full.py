@@ -9,9 +9,8 @@ one pool of 240 sampled pairs, pool seed 0): seeds 0, 1, 2 at 30% labels, seed 0
 The seed of a run draws its splits, simulated rater labels, annotator head and batch order, LoRA
 init and dropout, and evaluation samples. 60 held-out prompts per run (the same ones for both
 fractions of seed 0), 4 responses per prompt from every model (GRA per prompt over 4 x 4
-comparisons); results.md gives mean ± sd over seeds and a 95% t-interval over seeds. DPO on 100%
-of the human labels (human_all) is left out: 180 more pair-epochs and its evaluation would cost
-about 5 minutes per run.
+comparisons); results.md gives mean ± sd over seeds and a 95% t-interval over seeds. Methods:
+demo_quick's four plus DPO on 100% of the human labels (human_all).
 
 Sizes were fixed before any demo_full result, from the demo_quick stage times measured on 2
 cores (sampling 384 responses 94 s = 0.245 s/response; annotator 58 pairs x 10 epochs 62 s =
@@ -31,6 +30,10 @@ s/response) plus 12 s per run folder to convert the GGUF student (measured):
     evaluation 275 s; conversion 12 s                                    run   =  887 s
   total 118 + 3 x 814 + 887 = 3447 s, about 57 minutes (the XLA compilation cache in
   ~/.cache/cwpo_jax/xla and the pool cache make a second sweep faster).
+human_all (labelled + unlabelled pairs: 180 pair-epochs per run, 60 x 4 more evaluation
+responses) adds about 180 x 1.26 + 240 x 0.229 = 282 s per run at these rates, 1128 s in all;
+packed pair rows (prefix sharing, align.packed_pairs, added after demo_quick was timed) cut the
+alignment cost, so the sweep was expected at 60-75 minutes. The measured time is in README.md.
 """
 import os
 import sys
@@ -46,5 +49,6 @@ def get_config():
     c.data.eval_fraction = 0.25
     c.data.max_eval_prompts = 60
     c.evaluate.samples_per_prompt = 4
+    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
     c.sweep.runs = ((0.3, 0), (0.3, 1), (0.3, 2), (0.2, 0))
     return c
