@@ -3,13 +3,21 @@ peak RSS. Prints a table and one final JSON line.
 
 python benchmarks/dpo_step.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
-    [--dtype=float32|bfloat16] [--lora]
+    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows]
 
 Work per step: `batch` pairs, each a chosen and a rejected sequence of prompt-len + completion-len
 real tokens (no padding), full fine-tuning unless --lora. Tokens are counted the way TRL counts
-them: real tokens of both sequences, prompt included. FLOPs: 6 N per token for the policy
-(4 N with frozen LoRA bases), + 2 N per token for an online reference forward; N counts matmul
-parameters (lookup tables excluded, the LM head included).
+them: real tokens of both sequences, prompt included, whatever the layout.
+
+--layout=packed (the align stage's default): one row per pair, prompt + chosen + rejected, so the
+prompt runs once, and the LM head projects response positions only. --layout=rows: chosen and
+rejected as separate rows, every position through the LM head (what TRL does).
+
+MFU counts the FLOPs the step really computes: 6 N_body per token through the layers and 6 N_head
+per position through the LM head (4 N with frozen LoRA bases), + 2 N per token for an online
+reference forward; N counts matmul parameters (lookup tables excluded, the tied LM head
+included). mfu_6n is TRL's count, 6 N (8 N online) per counted token, which credits packed rows
+with the work they avoid.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from cwpo_jax import assets, losses, models, sharding  # noqa: E402
+from cwpo_jax.data import TokenizedPair, collate_packed_pairs  # noqa: E402
 from cwpo_jax.train import optim, steps, tasks  # noqa: E402
 from cwpo_jax.train.metrics import measure_matmul_peak  # noqa: E402
 from cwpo_jax.train.state import init_train_state, split_model  # noqa: E402
@@ -73,6 +82,31 @@ def make_batch(batch: int, prompt_len: int, completion_len: int, vocab: int, see
             "ref_logps": np.full(2 * batch, -float(completion_len) * 5, np.float32)}, 2 * batch * t
 
 
+def pack(rows: dict, prompt_len: int) -> dict:
+    """The same pairs as one packed row each (data.collate_packed_pairs)."""
+    ids = rows["input_ids"]
+    b = ids.shape[0] // 2
+    pairs = [TokenizedPair(ids[i, :prompt_len], ids[i, prompt_len:], ids[b + i, prompt_len:])
+             for i in range(b)]
+    completion = ids.shape[1] - prompt_len
+    packed = collate_packed_pairs(pairs, range(b), batch_size=b,
+                                  buckets=(prompt_len + 2 * completion,),
+                                  response_len=completion, pad_id=0)
+    packed.pop("pair_index")
+    return {**packed, **{k: rows[k] for k in ("valid", "ref_logps")}}
+
+
+def step_flops(n_body: int, n_head: int, *, batch: int, prompt_len: int, completion_len: int,
+               layout: str, lora: bool, online: bool) -> float:
+    """FLOPs one step computes (see the module docstring)."""
+    if layout == "packed":
+        body, head = batch * (prompt_len + 2 * completion_len), 2 * batch * completion_len
+    else:
+        body = head = 2 * batch * (prompt_len + completion_len)
+    forward = 2.0 * (n_body * body + n_head * head)
+    return forward * (2.0 if lora else 3.0) + (forward if online else 0.0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny")
@@ -85,6 +119,7 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=32)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--lora", action="store_true")
+    p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     args = p.parse_args(argv)
 
     peak = measure_matmul_peak(2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
@@ -98,15 +133,19 @@ def main(argv=None):
     from cwpo_jax.stages.common import matmul_params
 
     n = matmul_params(model, lm_head=True)
-    flops_per_token = (4.0 if args.lora else 6.0) * n + (2.0 * n if reference else 0.0)
+    n_head = n - matmul_params(model, lm_head=False)
+    flops = step_flops(n - n_head, n_head, batch=args.batch, prompt_len=args.prompt_len,
+                       completion_len=args.completion_len, layout=args.layout, lora=args.lora,
+                       online=reference is not None)
+    flops_6n = (4.0 if args.lora else 6.0) * n + (2.0 * n if reference else 0.0)
     chunk = args.chunk_size if args.logprobs == "chunked" else 0
     pair_loss = losses.pair_loss_fn("dpo", beta=0.5)
 
     def task(m, batch):
         if reference is not None:  # reference log-probs inside the step, no gradient
             ref_model = nnx.merge(*reference)
-            ref_logp = jax.lax.stop_gradient(tasks.response_logprobs(ref_model, batch,
-                                                                     chunk_size=chunk)[0])
+            ref_logp = jax.lax.stop_gradient(tasks.pair_logprobs(ref_model, batch,
+                                                                 chunk_size=chunk)[0])
             batch = {**batch, "ref_logps": ref_logp}
         return tasks.preference_task(m, batch, pair_loss=pair_loss, beta=0.5, chunk_size=chunk)
 
@@ -118,8 +157,11 @@ def main(argv=None):
         parts.graphdef, task, optimizer,
         compute_dtype=jnp.bfloat16 if args.dtype == "bfloat16" else None),
         mesh, state_sh, frozen_sh)
-    host, tokens = make_batch(args.batch, args.prompt_len, args.completion_len,
-                              model.config.vocab_size)
+    vocab = model.config.vocab_size
+    del model, parts  # the step owns copies; keep one set of weights in memory
+    host, tokens = make_batch(args.batch, args.prompt_len, args.completion_len, vocab)
+    if args.layout == "packed":
+        host = pack(host, args.prompt_len)
     batch = sharding.shard_batch({k: v[None] for k, v in host.items()}, mesh, leading=1)
     start = time.perf_counter()
     state, metrics = step(state, frozen, batch)
@@ -135,15 +177,17 @@ def main(argv=None):
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "reference": args.reference,
-        "logprobs": args.logprobs, "dtype": args.dtype, "lora": args.lora,
+        "logprobs": args.logprobs, "dtype": args.dtype, "lora": args.lora, "layout": args.layout,
         "matmul_params": n, "step_s": step_s, "tokens_per_s": tokens / step_s,
         "padded_tokens_per_s": tokens / step_s,  # synthetic batches carry no padding
-        "mfu": flops_per_token * tokens / step_s / peak, "peak_flops": peak,
+        "mfu": flops / step_s / peak, "mfu_6n": flops_6n * tokens / step_s / peak,
+        "peak_flops": peak,
         "first_step_s": compile_s, "loss": float(metrics["loss"]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(jax.devices()[0]),
     }
-    for key in ("step_s", "tokens_per_s", "mfu", "peak_flops", "first_step_s", "peak_rss_mb"):
+    for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "first_step_s",
+                "peak_rss_mb"):
         print(f"{key:>16}: {result[key]:.4g}")
     print(json.dumps(result))
     return result

@@ -15,3 +15,14 @@ def test_dpo_step_benchmark_tiny(capsys):
         assert result[key] > 0, key
     assert result["tokens_per_s"] == 2 * 2 * 16 / result["step_s"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+def test_dpo_step_layouts_compute_the_same_loss():
+    """Packed rows (prefix sharing, response-only head) and separate rows: same loss; packed
+    computes fewer FLOPs, so its MFU by TRL's 6N count exceeds its MFU by computed FLOPs."""
+    common = ["--model=tiny", "--steps=1", "--batch=2", "--prompt-len=8", "--completion-len=4",
+              "--reference=online"]
+    packed = dpo_step.main(common + ["--layout=packed"])
+    rows = dpo_step.main(common + ["--layout=rows"])
+    assert abs(packed["loss"] - rows["loss"]) < 1e-5
+    assert packed["mfu_6n"] > packed["mfu"] and rows["mfu_6n"] == rows["mfu"]
