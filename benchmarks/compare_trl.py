@@ -3,7 +3,7 @@ same token ids, same machine, one invocation. Prints a table and one final JSON 
 
 python benchmarks/compare_trl.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=6 --reference=cached|online [--threads=N] \
-    [--logprobs=chunked|plain]
+    [--logprobs=chunked|plain] [--layout=packed|rows]
 
 Both sides: full fine-tuning in fp32, AdamW (lr 1e-6, grad-norm clip 1.0), sigmoid DPO loss with
 beta 0.5, all `batch` pairs in one optimizer step (no accumulation), no activation
@@ -11,6 +11,10 @@ checkpointing; each pair is prompt-len + completion-len real tokens per sequence
 the ids of dpo_step.make_batch. --reference=cached: TRL precomputes the reference log-probs
 before training (precompute_ref_log_probs=True), JAX reads constant ones from the batch; online:
 both run a frozen reference copy inside every step.
+
+--layout is dpo_step's: `packed` (the default, as the align stage runs) puts each pair in one row
+so the prompt runs once; `rows` runs chosen and rejected as separate rows, the same work as TRL.
+TRL 1.16 itself projects only completion positions through the LM head (its fused LM head).
 
 JAX side: dpo_step.main in this process. TRL side: a subprocess (`--side=trl`) so that each peak
 RSS is its own process's high-water mark. It loads the same HF folder (the GGUF dequantised by
@@ -32,6 +36,8 @@ and sets torch.set_num_threads(N); the default is every core of the machine.
 
 Tokens are counted as TRL counts them: real tokens of the chosen and rejected sequences, prompt
 included. ratio = JAX tokens/s / TRL tokens/s; memory_ratio = JAX peak RSS / TRL peak RSS.
+mfu_6n is TRL's FLOP count for both sides (6 N per counted token, 8 N online); the JAX side's mfu
+counts the FLOPs its layout really computes (dpo_step).
 Needs `pip install -r requirements-trl.txt`; cwpo_jax itself never imports torch or trl.
 """
 from __future__ import annotations
@@ -61,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--reference", choices=("cached", "online"), default="cached")
     p.add_argument("--logprobs", choices=("chunked", "plain"), default="chunked")
+    p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     # Internal: the TRL subprocess gets the HF folder and the token ids from the parent.
     p.add_argument("--side", choices=("both", "trl"), default="both")
@@ -190,27 +197,28 @@ def main(argv=None):
                 f"--model={args.model}", f"--batch={args.batch}",
                 f"--prompt-len={args.prompt_len}", f"--completion-len={args.completion_len}",
                 f"--steps={args.steps}", f"--reference={args.reference}",
-                f"--logprobs={args.logprobs}"])
+                f"--logprobs={args.logprobs}", f"--layout={args.layout}"])
         trl_result = run_trl(args, checkpoint, ids_path)
     if trl_result["tokens_per_step"] != tokens:
         raise RuntimeError(f"TRL counted {trl_result['tokens_per_step']} tokens per step, "
                            f"JAX {tokens}")
     flops_per_token = (8.0 if args.reference == "online" else 6.0) * jax_result["matmul_params"]
-    trl_result["mfu"] = flops_per_token * trl_result["tokens_per_s"] / jax_result["peak_flops"]
-    jax_keys = ("step_s", "tokens_per_s", "first_step_s", "mfu", "peak_rss_mb", "loss",
-                "matmul_params", "peak_flops")
+    trl_result["mfu_6n"] = flops_per_token * trl_result["tokens_per_s"] / jax_result["peak_flops"]
+    jax_keys = ("step_s", "tokens_per_s", "first_step_s", "mfu", "mfu_6n", "peak_rss_mb",
+                "loss", "matmul_params", "peak_flops")
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "reference": args.reference,
-        "logprobs": args.logprobs, "threads": args.threads, "steps": args.steps,
+        "logprobs": args.logprobs, "layout": args.layout, "threads": args.threads,
+        "steps": args.steps,
         "tokens_per_step": tokens, "jax": {k: jax_result[k] for k in jax_keys}, "trl": trl_result,
         "ratio": jax_result["tokens_per_s"] / trl_result["tokens_per_s"],
         "memory_ratio": jax_result["peak_rss_mb"] / trl_result["peak_rss_mb"],
     }
-    print(f"{'':>14} {'step (s)':>9} {'tokens/s':>9} {'MFU':>6} {'peak RSS (MB)':>14}")
+    print(f"{'':>14} {'step (s)':>9} {'tokens/s':>9} {'MFU 6N':>6} {'peak RSS (MB)':>14}")
     for side in ("jax", "trl"):
         r = result[side]
-        print(f"{side:>14} {r['step_s']:>9.3f} {r['tokens_per_s']:>9.1f} {r['mfu']:>6.1%} "
+        print(f"{side:>14} {r['step_s']:>9.3f} {r['tokens_per_s']:>9.1f} {r['mfu_6n']:>6.1%} "
               f"{r['peak_rss_mb']:>14.0f}")
     print(f"{'jax / trl':>14} {'':>9} {result['ratio']:>9.2f} {'':>6} "
           f"{result['memory_ratio']:>14.2f}")

@@ -62,7 +62,7 @@ def test_generate_benchmark_tiny(capsys):
     assert [r["batch"] for r in result["rows"]] == [1, 4]
     for r in result["rows"]:
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * 6 / r["step_s"])
-        assert r["ms_per_token"] == pytest.approx(1e3 * r["step_s"] / 6)
+        assert r["ms_per_decode_step"] == pytest.approx(1e3 * r["step_s"] / 6)
         assert r["first_call_s"] >= r["compile_s"] >= 0
         assert r["step_s"] > 0
 
@@ -82,18 +82,21 @@ def test_compare_trl_tiny_export_matches_the_jax_batch(tmp_path):
     np.testing.assert_array_equal(host["input_ids"][:2, :8], host["input_ids"][2:, :8])
 
 
-@pytest.mark.parametrize("reference", ["cached", "online"])
-def test_compare_trl_tiny(capsys, reference):
+@pytest.mark.parametrize("reference,layout", [("cached", "packed"), ("online", "rows")])
+def test_compare_trl_tiny(capsys, reference, layout):
     pytest.importorskip("trl")
     result = compare_trl.main(["--model=tiny", "--batch=2", "--prompt-len=8",
-                               "--completion-len=8", "--steps=2", f"--reference={reference}"])
+                               "--completion-len=8", "--steps=2", f"--reference={reference}",
+                               f"--layout={layout}"])
     assert last_json(capsys) == json.loads(json.dumps(result))
     assert result["tokens_per_step"] == 2 * 2 * 16
     for side in ("jax", "trl"):
         r = result[side]
         assert r["step_s"] > 0 and r["peak_rss_mb"] > 100
         assert r["tokens_per_s"] == pytest.approx(64 / r["step_s"])
-        assert 0 < r["mfu"] < 1
+        assert r["mfu_6n"] > 0
+    assert 0 < result["trl"]["mfu_6n"] < 1 and 0 < result["jax"]["mfu"] < 1
+    assert result["layout"] == layout
     assert result["trl"]["steps_timed"] == 2
     # Untrained policy == reference: the DPO loss starts at ln 2 (TRL's mean over 3 steps at
     # lr 1e-6 barely moves).
