@@ -32,7 +32,10 @@ and gradient_checkpointing=True (activation checkpointing) are turned off to mat
 
 Threads: --threads=N pins this process and the TRL subprocess to the first N cores
 (sched_setaffinity, before JAX starts: XLA sizes its CPU thread pool from the affinity mask)
-and sets torch.set_num_threads(N); the default is every core of the machine.
+and sets torch.set_num_threads(N); the default is every core of the machine. Run it on a quiet
+machine: torch's OpenMP threads slow down several-fold when other processes hold the cores
+(SmolLM2 forward of 8 x 64 tokens on a busy 2-core box: 1.8 s with 1 thread, 10.6 s with 2),
+far more than XLA's pool, so a loaded machine inflates the ratio.
 
 Tokens are counted as TRL counts them: real tokens of the chosen and rejected sequences, prompt
 included. ratio = JAX tokens/s / TRL tokens/s; memory_ratio = JAX peak RSS / TRL peak RSS.
