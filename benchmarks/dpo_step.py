@@ -1,9 +1,12 @@
 """Steady-state DPO train step: tokens/s, MFU against a matmul peak measured in the same process,
 peak RSS. Prints a table and one final JSON line.
 
-python benchmarks/dpo_step.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
+python benchmarks/dpo_step.py --model=smollm2|tiny|llama1b|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
-    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows]
+    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat]
+
+llama1b: a random ~1.1B Llama-shaped model (TinyLlama's shape) for accelerator runs
+(benchmarks/gpu.sh).
 
 Work per step: `batch` pairs, each a chosen and a rejected sequence of prompt-len + completion-len
 real tokens (no padding), full fine-tuning unless --lora. Tokens are counted the way TRL counts
@@ -44,15 +47,24 @@ from cwpo_jax.train.metrics import measure_matmul_peak  # noqa: E402
 from cwpo_jax.train.state import init_train_state, split_model  # noqa: E402
 
 
-def load_model(spec: str, dtype: str):
-    if spec == "tiny":
+# A ~1.1B Llama-shaped config (TinyLlama-1.1B's shape) with random weights, for accelerators.
+LLAMA_1B = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048,
+                intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                num_key_value_heads=4, max_position_embeddings=4096, rope_theta=10000.0,
+                rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu",
+                vocab_size=32000)
+
+
+def load_model(spec: str, dtype: str, remat: bool = False):
+    if spec in ("tiny", "llama1b"):
         from cwpo_jax.models.checkpoint_hf import build_config
         from cwpo_jax.stages.common import TINY_CONFIGS
 
-        cfg, cls = build_config(dict(TINY_CONFIGS["llama"], vocab_size=512), dtype=dtype,
-                                param_dtype="float32")
+        hf = LLAMA_1B if spec == "llama1b" else dict(TINY_CONFIGS["llama"], vocab_size=512)
+        cfg, cls = build_config(hf, dtype=dtype, param_dtype="float32", remat=remat)
         return cls(cfg, rngs=nnx.Rngs(0))
-    return models.from_pretrained(checkpoint_path(spec), dtype=dtype, param_dtype="float32")
+    return models.from_pretrained(checkpoint_path(spec), dtype=dtype, param_dtype="float32",
+                                  remat=remat)
 
 
 def checkpoint_path(spec: str) -> str:
@@ -120,10 +132,12 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--lora", action="store_true")
     p.add_argument("--layout", choices=("packed", "rows"), default="packed")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute each layer in the backward pass (less activation memory)")
     args = p.parse_args(argv)
 
     peak = measure_matmul_peak(2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, remat=args.remat)
     reference = None
     if args.reference == "online":
         reference = nnx.split(nnx.clone(model))  # frozen copy of the initial policy
@@ -184,7 +198,10 @@ def main(argv=None):
         "peak_flops": peak,
         "first_step_s": compile_s, "loss": float(metrics["loss"]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device": str(jax.devices()[0]),
+        "device": str(jax.devices()[0]), "remat": args.remat,
+        # Accelerators report their allocator's high-water mark; the CPU client reports none.
+        "peak_device_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use",
+                                                                      0) / 2**20,
     }
     for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "first_step_s",
                 "peak_rss_mb"):

@@ -6,6 +6,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "benchmarks"))
 
 import dpo_step  # noqa: E402
+import jax  # noqa: E402
 
 
 def test_dpo_step_benchmark_tiny(capsys):
@@ -26,3 +27,12 @@ def test_dpo_step_layouts_compute_the_same_loss():
     rows = dpo_step.main(common + ["--layout=rows"])
     assert abs(packed["loss"] - rows["loss"]) < 1e-5
     assert packed["mfu_6n"] > packed["mfu"] and rows["mfu_6n"] == rows["mfu"]
+
+
+def test_llama1b_config_is_about_a_billion_parameters():
+    """The accelerator benchmark's model, built abstractly (no weights allocated)."""
+    from flax import nnx
+
+    model = nnx.eval_shape(lambda: dpo_step.load_model("llama1b", "bfloat16"))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert 1.0e9 < n < 1.2e9, n
