@@ -191,11 +191,17 @@ def run_method(cfg, method: str) -> dict:
     task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=cfg.align.beta,
                              normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
+    frozen_weights = cfg.align.lora_rank > 0
+    flops = common.train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights)
+    if cfg.align.packed_pairs and items:
+        # Packed rows send only response positions through the LM head: count its FLOPs for
+        # the response share of the packed tokens (the loop counts packed tokens).
+        body = common.train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights)
+        responses = sum(len(p.chosen) + len(p.rejected) for p in items)
+        flops = body + (flops - body) * responses / sum(pool_lengths[i] for i in index)
     model = common.fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
                        train_cfg=train, cfg=cfg, workdir=common.path(cfg, stage), name=stage,
-                       trainable=trainable,
-                       flops_per_token=common.train_flops_per_token(
-                           model, lm_head=True, frozen_weights=cfg.align.lora_rank > 0))
+                       trainable=trainable, flops_per_token=flops)
     if cfg.align.lora_rank > 0:
         model.eval()
     out = common.path(cfg, stage, "model")
