@@ -58,13 +58,18 @@ def chunked_sequence_logprobs(hidden, lm_head, targets, mask, *, chunk_size: int
 
     The sequence is split into ceil(T / chunk_size) chunks scanned with lax.scan; each chunk's body
     is rematerialised in the backward pass (jax.checkpoint), so the gradient does not store the
-    per-chunk logits either.
+    per-chunk logits either. When the sequence fits in one chunk there is nothing to save (the
+    backward pass needs that chunk's logits right after the forward pass made them), so the
+    logits are computed once without the recomputation.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     batch, seq_len, dim = hidden.shape
     if lm_head.shape[0] != dim:
         raise ValueError(f"lm_head must be [D, V] with D={dim}; got shape {lm_head.shape}")
+    if seq_len <= chunk_size:
+        logits = jnp.einsum("btd,dv->btv", hidden, lm_head, preferred_element_type=jnp.float32)
+        return sequence_logprobs(logits, targets, mask)
     n_chunks = -(-seq_len // chunk_size)
     pad = n_chunks * chunk_size - seq_len
     mask = mask.astype(jnp.float32)

@@ -300,7 +300,7 @@ def test_sequence_logprobs_matches_float64_reference():
     np.testing.assert_array_equal(n, want_n)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 7, 16])
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 16, 64])  # 64: one chunk, no remat
 def test_chunked_equals_plain_values_and_gradients(chunk_size):
     hidden, head, targets, mask = random_lm_batch(1)
 
