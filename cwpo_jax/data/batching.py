@@ -57,6 +57,30 @@ def _check_alignment(name: str, arr, n: int) -> np.ndarray:
     return arr
 
 
+def _select(items, index, batch_size: int, unit: str):
+    """(index as int64, the selected items), refusing more than batch_size of them."""
+    index = np.asarray(index, np.int64)
+    if len(index) > batch_size:
+        raise ValueError(f"{len(index)} {unit} for a batch of {batch_size}")
+    return index, [items[i] for i in index]
+
+
+def _ordered(pair: TokenizedPair, i: int, swap) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) response of pair i: chosen first unless swap[i]."""
+    if swap is not None and swap[i]:
+        return pair.rejected, pair.chosen
+    return pair.chosen, pair.rejected
+
+
+def _index_and_weights(index, batch_size: int, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Item index [B] (-1 for padding rows) and weights [B] (0 for padding rows)."""
+    pidx = np.full((batch_size,), -1, np.int32)
+    w = np.zeros((batch_size,), np.float32)
+    pidx[:len(index)] = index
+    w[:len(index)] = 1.0 if weights is None else np.asarray(weights)[index]
+    return pidx, w
+
+
 def collate_pairs(
     items: Sequence[TokenizedPair],
     index: Sequence[int],
@@ -72,31 +96,22 @@ def collate_pairs(
     swap[i] True exchanges chosen and rejected of pair i (weak labels that disagree with the
     stored order); weights[i] is its loss weight (confidence). Both are indexed like `items`.
     """
-    index = np.asarray(index, np.int64)
-    if len(index) > batch_size:
-        raise ValueError(f"{len(index)} pairs for a batch of {batch_size}")
-    sel = [items[i] for i in index]
+    index, sel = _select(items, index, batch_size, "pairs")
     longest = max((p.length for p in sel), default=1)
     t = bucket_length(longest, buckets)
     b = batch_size
     ids = np.full((2 * b, t), pad_id, np.int32)
     attn = np.zeros((2 * b, t), np.int32)
     resp = np.zeros((2 * b, t), np.int32)
-    w = np.zeros((b,), np.float32)
-    pidx = np.full((b,), -1, np.int32)
     for row, (i, p) in enumerate(zip(index, sel)):
-        first, second = p.chosen, p.rejected
-        if swap is not None and swap[i]:
-            first, second = second, first
         n_p = len(p.prompt)
-        for r, response in ((row, first), (b + row, second)):
+        for r, response in zip((row, b + row), _ordered(p, i, swap)):
             n = n_p + len(response)
             ids[r, :n_p] = p.prompt
             ids[r, n_p:n] = response
             attn[r, :n] = 1
             resp[r, n_p:n] = 1
-        pidx[row] = i
-        w[row] = 1.0 if weights is None else weights[i]
+    pidx, w = _index_and_weights(index, b, weights)
     return {
         "input_ids": ids,
         "attention_mask": attn,
@@ -122,10 +137,7 @@ def collate_packed_pairs(
     L is the smallest bucket that fits the longest prompt + chosen + rejected; response_len R is
     fixed by the caller (the longest response of the dataset) so it adds no compiled shapes.
     """
-    index = np.asarray(index, np.int64)
-    if len(index) > batch_size:
-        raise ValueError(f"{len(index)} pairs for a batch of {batch_size}")
-    sel = [items[i] for i in index]
+    index, sel = _select(items, index, batch_size, "pairs")
     longest = max((len(p.prompt) + len(p.chosen) + len(p.rejected) for p in sel), default=1)
     t = bucket_length(longest, buckets)
     b, r = batch_size, response_len
@@ -136,12 +148,7 @@ def collate_packed_pairs(
     resp_ids = np.full((2 * b, r), pad_id, np.int32)
     resp_mask = np.zeros((2 * b, r), np.int32)
     resp_src = np.zeros((2 * b, r), np.int32)
-    w = np.zeros((b,), np.float32)
-    pidx = np.full((b,), -1, np.int32)
     for row, (i, p) in enumerate(zip(index, sel)):
-        first, second = p.chosen, p.rejected
-        if swap is not None and swap[i]:
-            first, second = second, first
         n_p = len(p.prompt)
         if n_p == 0:
             raise ValueError(f"pair {i} has an empty prompt; packed rows need a prompt token "
@@ -149,7 +156,7 @@ def collate_packed_pairs(
         ids[row, :n_p] = p.prompt
         pos[row, :n_p] = np.arange(n_p)
         start = n_p
-        for k, (out_row, response) in enumerate(((row, first), (b + row, second))):
+        for k, (out_row, response) in enumerate(zip((row, b + row), _ordered(p, i, swap))):
             n = len(response)
             if n > r:
                 raise ValueError(f"pair {i} has a {n}-token response; response_len is {r}")
@@ -164,8 +171,7 @@ def collate_packed_pairs(
             resp_src[out_row, :n] = np.concatenate([[n_p - 1], slots[:-1]]) if n else slots
             start += n
         attn[row, :start] = 1
-        pidx[row] = i
-        w[row] = 1.0 if weights is None else weights[i]
+    pidx, w = _index_and_weights(index, b, weights)
     return {
         "input_ids": ids,
         "attention_mask": attn,
@@ -189,24 +195,18 @@ def collate_sequences(
     weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Right-padded prompt + response rows (SFT, scoring)."""
-    index = np.asarray(index, np.int64)
-    if len(index) > batch_size:
-        raise ValueError(f"{len(index)} sequences for a batch of {batch_size}")
-    sel = [items[i] for i in index]
+    index, sel = _select(items, index, batch_size, "sequences")
     t = bucket_length(max((s.length for s in sel), default=1), buckets)
     ids = np.full((batch_size, t), pad_id, np.int32)
     attn = np.zeros((batch_size, t), np.int32)
     resp = np.zeros((batch_size, t), np.int32)
-    w = np.zeros((batch_size,), np.float32)
-    idx = np.full((batch_size,), -1, np.int32)
-    for row, (i, s) in enumerate(zip(index, sel)):
+    for row, s in enumerate(sel):
         n_p, n = len(s.prompt), s.length
         ids[row, :n_p] = s.prompt
         ids[row, n_p:n] = s.response
         attn[row, :n] = 1
         resp[row, n_p:n] = 1
-        idx[row] = i
-        w[row] = 1.0 if weights is None else weights[i]
+    idx, w = _index_and_weights(index, batch_size, weights)
     return {
         "input_ids": ids,
         "attention_mask": attn,
@@ -225,10 +225,7 @@ def collate_prompts(
     pad_id: int,
 ) -> dict[str, np.ndarray]:
     """Left-padded prompts for sampling: the last column is every prompt's last token."""
-    index = np.asarray(index, np.int64)
-    if len(index) > batch_size:
-        raise ValueError(f"{len(index)} prompts for a batch of {batch_size}")
-    sel = [items[i] for i in index]
+    index, sel = _select(items, index, batch_size, "prompts")
     t = bucket_length(max((len(s.prompt) for s in sel), default=1), buckets)
     ids = np.full((batch_size, t), pad_id, np.int32)
     attn = np.zeros((batch_size, t), np.int32)
