@@ -6,34 +6,38 @@ python benchmarks/score.py --models=minilm,smollm2 --pairs=256 --batch=16 --leng
 
 Models: `minilm` (all-MiniLM-L6-v2, mean pooling + a scalar head, the demo's annotator),
 `smollm2` (SmolLM2-135M as a reward model: last-token head), `tiny` / `tiny-llama` (random tiny
-encoder / decoder, for tests), or an HF folder path. The pass is the pipeline's own:
-common.batched_pass over collate_pairs batches of `batch` pairs (2 x batch rows), sorted by
-length and cut into the project's buckets (data.batching.default_buckets(length)), one jitted
-program per bucket, as stages/annotator.score_pairs runs it.
+encoder / decoder, for tests), or an HF folder path. The pass is the pipeline's own,
+stages/annotator.score_pairs, with score.batch_size = `batch` and data.max_len = `length`, in
+both layouts:
+  padded  chosen and rejected rows of `batch` pairs (2 x batch rows), sorted by length, padded
+          to the smallest of the project's buckets (data.batching.default_buckets(length)) that
+          holds the batch's longest row: one jitted program per bucket;
+  packed  (the pipeline's default) both sequences of every pair packed end to end into rows as
+          long as the longest sequence's bucket, 2 x batch rows per batch: one program, and the
+          only padding is each row's tail and the last batch's empty rows.
 
 Workloads, each `pairs` pairs of random ids (values do not change the cost):
-  equal     every sequence exactly `length` tokens (prompt length/2 + response length/2): one
-            bucket, no padding;
+  equal     every sequence exactly `length` tokens (prompt length/2 + response length/2): no
+            padding in either layout, one sequence per packed row;
   variable  prompt and response lengths drawn (seeded) from log-normal distributions shaped like
-            chat preference data (medians 24 and 48 tokens), clipped to `length`; padded to the
-            bucket of each batch's longest row.
-Rates are steady state: batched_pass jits afresh on every call, so the first batch of each
-bucket compiles and is left out of pairs/s and tokens/s; pass_s is the whole pass, compiles
-included (what the pipeline's score stage pays). tokens = real tokens of both sequences of every
-pair; padded_share = padded positions / all positions the model ran (padding rows of a short
-last batch included).
+            chat preference data (medians 24 and 48 tokens), clipped to `length`.
+Each pass runs twice: first_pass_s includes compiling (what the pipeline's score stage pays);
+the rates come from the second, timed pass, which reuses the compiled programs. tokens = real
+tokens of both sequences of every pair; padded_share = positions computed that hold no token /
+all positions computed (empty rows of a short last batch included).
 
-When torch and transformers are importable, BERT-type models are also run in PyTorch at equal
-shapes: transformers' BertModel from the same weights, mean pooling + a linear head, eval mode,
-torch.no_grad, the same batches, torch.set_num_threads(threads), timed after one warm-up
-batch; jax_over_torch = JAX pairs/s / PyTorch pairs/s. Without torch that column is skipped.
---threads pins the process to N cores (XLA sizes its pool from the affinity mask); the default is
-every core.
+When torch and transformers are importable, BERT-type models also run in PyTorch:
+transformers' BertModel from the same weights, mean pooling + a linear head, eval mode,
+torch.no_grad, torch.set_num_threads(threads), timed after one warm-up batch, over the padded
+layout's batches (the same pairs per batch, length-sorted) padded to each batch's longest row
+(dynamic padding, as transformers' DataCollatorWithPadding does), with the attention mask.
+jax_over_torch = JAX pairs/s / PyTorch pairs/s per workload and layout. Without torch those
+columns are skipped. --threads pins the process to N cores (XLA sizes its pool from the affinity
+mask); the default is every core.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -92,63 +96,81 @@ def make_pairs(workload: str, n: int, length: int, vocab: int, seed: int = 0):
     return [TokenizedPair(ids(p), ids(c), ids(r)) for p, c, r in lens]
 
 
-def jax_pass(rm, pairs, *, batch: int, length: int, cfg) -> dict:
-    """One scoring pass, as annotator.score_pairs runs it. batched_pass jits afresh on every
-    call, so the first batch of each bucket compiles: the steady-state rates count only the
-    other batches (pass_s is the whole pass, compiles included)."""
-    from cwpo_jax.data.batching import collate_pairs, default_buckets
-    from cwpo_jax.stages import common
+def computed_positions(cfg, pairs, packed: bool) -> int:
+    """Positions the pass computes (rows x length over every batch, empty rows included)."""
+    from cwpo_jax.data.batching import bucket_length, plan_batches
+    from cwpo_jax.stages import annotator, common
 
-    # Pad id 0: padded positions are masked out, their id does not change the cost.
-    collate = functools.partial(collate_pairs, pairs, batch_size=batch,
-                                buckets=default_buckets(length), pad_id=0)
-    fn = lambda model, b: model(b["input_ids"], b["attention_mask"])
-    real = total = steady_pairs = steady_tokens = 0
-    steady_s, compiled = 0.0, set()
-    start = last = time.perf_counter()
-    for host, _ in common.batched_pass(rm, fn, lengths=[p.length for p in pairs],
-                                       collate=collate, batch_size=batch, cfg=cfg,
-                                       name="bench/score", unit="pairs"):
-        now, mask = time.perf_counter(), host["attention_mask"]
-        real, total = real + int(mask.sum()), total + mask.size
-        if mask.shape[1] in compiled:
-            steady_s += now - last
-            steady_pairs += int((host["pair_index"] >= 0).sum())
-            steady_tokens += int(mask.sum())
-        compiled.add(mask.shape[1])
-        last = now
-    if not steady_pairs:
-        raise ValueError(f"every batch compiled a bucket: use more than {len(pairs)} pairs")
-    return {"pass_s": last - start, "buckets": len(compiled), "steady_batches_s": steady_s,
-            "pairs_per_s": steady_pairs / steady_s, "tokens_per_s": steady_tokens / steady_s,
-            "padded_share": 1 - real / total}
+    if packed:
+        _, rows, row_len, batch_rows = annotator.packed_plan(cfg, pairs)
+        return -(-len(rows) // batch_rows) * batch_rows * row_len
+    plan = plan_batches([p.length for p in pairs], cfg.score.batch_size, shuffle=False)
+    return sum(2 * cfg.score.batch_size
+               * bucket_length(max(pairs[i].length for i in index), common.buckets(cfg))
+               for index in plan)
 
 
-def torch_pass(folder: str, pairs, *, batch: int, threads: int) -> float:
-    """Seconds of a PyTorch BertModel pass (mean pooling + linear head) over equal-shape pairs,
-    after one warm-up batch."""
+def jax_pass(rm, pairs, *, batch: int, length: int, packed: bool) -> dict:
+    """The score stage's pass (annotator.score_pairs), once to compile, once timed."""
+    from types import SimpleNamespace
+
+    from cwpo_jax.stages.annotator import score_pairs
+    from cwpo_jax.stages.defaults import defaults
+
+    cfg = defaults()
+    cfg.mesh.data = 1  # one device, as the pipeline on a CPU box (tests fake 8 host devices)
+    cfg.data.max_len, cfg.score.batch_size, cfg.score.packed = length, batch, packed
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=None)  # pads are masked: id is moot
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        score_a, _ = score_pairs(cfg, rm, pairs, tok, "bench/score")
+        times.append(time.perf_counter() - start)
+    if not np.isfinite(score_a).all():
+        raise FloatingPointError("non-finite scores")
+    tokens = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)
+    return {"layout": "packed" if packed else "padded", "first_pass_s": times[0],
+            "pass_s": times[1], "pairs_per_s": len(pairs) / times[1],
+            "tokens_per_s": tokens / times[1],
+            "padded_share": 1 - tokens / computed_positions(cfg, pairs, packed)}
+
+
+def torch_pass(folder: str, pairs, *, batch: int, threads: int) -> dict:
+    """A PyTorch BertModel pass (mean pooling + linear head) over the padded layout's batches,
+    each padded to its longest row, timed after one warm-up batch."""
     import torch
     import transformers
+
+    from cwpo_jax.data.batching import plan_batches
 
     torch.set_num_threads(threads)
     model = transformers.BertModel.from_pretrained(folder, dtype=torch.float32).eval()
     head = torch.nn.Linear(model.config.hidden_size, 1)
-    rows = [np.concatenate([p.prompt, r]) for p in pairs for r in (p.chosen, p.rejected)]
-    batches = [torch.tensor(np.stack(rows[i:i + 2 * batch]), dtype=torch.long)
-               for i in range(0, len(rows), 2 * batch)]
+    batches, real, total = [], 0, 0
+    for index in plan_batches([p.length for p in pairs], batch, shuffle=False):
+        rows = ([np.concatenate([pairs[i].prompt, pairs[i].chosen]) for i in index]
+                + [np.concatenate([pairs[i].prompt, pairs[i].rejected]) for i in index])
+        t = max(len(r) for r in rows)
+        ids, mask = np.zeros((len(rows), t), np.int64), np.zeros((len(rows), t), np.int64)
+        for k, r in enumerate(rows):
+            ids[k, :len(r)], mask[k, :len(r)] = r, 1
+        batches.append((torch.from_numpy(ids), torch.from_numpy(mask)))
+        real, total = real + int(mask.sum()), total + mask.size
 
-    def run(ids):
-        mask = torch.ones_like(ids)
+    def run(ids, mask):
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return head(pooled)[:, 0]
+        m = mask[..., None].to(hidden.dtype)
+        return head((hidden * m).sum(1) / m.sum(1))[:, 0]
 
     with torch.no_grad():
-        run(batches[0])
+        run(*batches[0])
         start = time.perf_counter()
-        for ids in batches:
-            run(ids)
-        return time.perf_counter() - start
+        for ids, mask in batches:
+            run(ids, mask)
+        seconds = time.perf_counter() - start
+    return {"layout": "dynamic", "pass_s": seconds, "first_pass_s": float("nan"),
+            "pairs_per_s": len(pairs) / seconds, "tokens_per_s": real / seconds,
+            "padded_share": 1 - real / total}
 
 
 def torch_available() -> str | None:
@@ -171,10 +193,7 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true")
     args = p.parse_args(argv)
     pin_threads(args.threads)
-    from cwpo_jax.stages.defaults import defaults
 
-    cfg = defaults()
-    cfg.mesh.data = 1  # one device, as the pipeline on a CPU box (tests fake 8 host devices)
     skipped = "PyTorch column skipped: --no-torch" if args.no_torch else torch_available()
     if skipped:
         print(skipped, file=sys.stderr)
@@ -184,25 +203,26 @@ def main(argv=None):
             rm, bert_folder = load_reward_model(spec, tmp)
             for workload in ("equal", "variable"):
                 pairs = make_pairs(workload, args.pairs, args.length, rm.config.vocab_size)
-                rows.append({"model": spec, "backend": "jax", "workload": workload,
-                             "pairs": len(pairs), **jax_pass(rm, pairs, batch=args.batch,
-                                                             length=args.length, cfg=cfg)})
-                if workload == "equal" and bert_folder and not skipped:
-                    seconds = torch_pass(bert_folder, pairs, batch=args.batch,
-                                         threads=args.threads)
-                    rows.append({"model": spec, "backend": "torch", "workload": workload,
-                                 "pairs": len(pairs), "pass_s": seconds,
-                                 "pairs_per_s": len(pairs) / seconds,
-                                 "tokens_per_s": len(pairs) * 2 * args.length / seconds,
-                                 "padded_share": 0.0})
-                    ratios[spec] = rows[-2]["pairs_per_s"] / rows[-1]["pairs_per_s"]
-    print(f"{'model':>10} {'backend':>7} {'workload':>8} {'pairs/s':>9} {'tokens/s':>10} "
-          f"{'padded':>7} {'pass (s)':>9}")
+                common = {"model": spec, "workload": workload, "pairs": len(pairs)}
+                jax_rows = [{**common, "backend": "jax",
+                             **jax_pass(rm, pairs, batch=args.batch, length=args.length,
+                                        packed=packed)} for packed in (False, True)]
+                rows += jax_rows
+                if bert_folder and not skipped:
+                    rows.append({**common, "backend": "torch",
+                                 **torch_pass(bert_folder, pairs, batch=args.batch,
+                                              threads=args.threads)})
+                    for r in jax_rows:
+                        ratios[f"{spec}/{workload}/{r['layout']}"] = (
+                            r["pairs_per_s"] / rows[-1]["pairs_per_s"])
+    print(f"{'model':>10} {'backend':>7} {'layout':>7} {'workload':>8} {'pairs/s':>9} "
+          f"{'tokens/s':>10} {'padded':>7} {'pass (s)':>9} {'1st pass':>9}")
     for r in rows:
-        print(f"{r['model']:>10} {r['backend']:>7} {r['workload']:>8} {r['pairs_per_s']:>9.1f} "
-              f"{r['tokens_per_s']:>10.0f} {r['padded_share']:>7.1%} {r['pass_s']:>9.2f}")
-    for spec, ratio in ratios.items():
-        print(f"{spec}: JAX / PyTorch pairs/s at equal shapes = {ratio:.2f}")
+        print(f"{r['model']:>10} {r['backend']:>7} {r['layout']:>7} {r['workload']:>8} "
+              f"{r['pairs_per_s']:>9.1f} {r['tokens_per_s']:>10.0f} {r['padded_share']:>7.1%} "
+              f"{r['pass_s']:>9.2f} {r['first_pass_s']:>9.2f}")
+    for key, ratio in ratios.items():
+        print(f"{key}: JAX / PyTorch pairs/s = {ratio:.2f}")
     result = {"batch": args.batch, "length": args.length, "pairs": args.pairs,
               "threads": args.threads, "rows": rows, "jax_over_torch": ratios,
               "torch_skipped": skipped}

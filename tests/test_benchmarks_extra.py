@@ -25,17 +25,21 @@ def test_score_benchmark_tiny(capsys):
                          "--no-torch"])
     assert last_json(capsys) == json.loads(json.dumps(result))
     assert result["torch_skipped"] and result["jax_over_torch"] == {}
-    rows = {(r["model"], r["workload"]): r for r in result["rows"]}
-    assert set(rows) == {(m, w) for m in ("tiny", "tiny-llama") for w in ("equal", "variable")}
+    rows = {(r["model"], r["workload"], r["layout"]): r for r in result["rows"]}
+    assert set(rows) == {(m, w, lay) for m in ("tiny", "tiny-llama")
+                         for w in ("equal", "variable") for lay in ("padded", "packed")}
     for r in rows.values():
         assert r["backend"] == "jax" and r["pairs"] == 24
-        assert r["pairs_per_s"] > 0 and r["pass_s"] > r["steady_batches_s"] > 0
+        assert r["pairs_per_s"] > 0 and r["first_pass_s"] > 0 and r["pass_s"] > 0
         # Both sequences of every pair are counted, so tokens/pair is their real length.
         assert r["tokens_per_s"] / r["pairs_per_s"] <= 2 * 128
-    equal, variable = rows[("tiny", "equal")], rows[("tiny", "variable")]
-    assert equal["tokens_per_s"] == pytest.approx(2 * 128 * equal["pairs_per_s"])
-    assert equal["padded_share"] == 0.0 and equal["buckets"] == 1
-    assert 0.0 < variable["padded_share"] < 1.0
+    for layout in ("padded", "packed"):
+        equal = rows[("tiny", "equal", layout)]
+        assert equal["tokens_per_s"] == pytest.approx(2 * 128 * equal["pairs_per_s"])
+        assert equal["padded_share"] == 0.0
+    # Packing leaves only row tails and the last batch's empty rows: less padding than buckets.
+    padded, packed = rows[("tiny", "variable", "padded")], rows[("tiny", "variable", "packed")]
+    assert 0.0 <= packed["padded_share"] < padded["padded_share"] < 1.0
 
 
 def test_score_variable_lengths_fit_the_buckets():
@@ -50,9 +54,12 @@ def test_score_torch_column_tiny(capsys):
     pytest.importorskip("transformers")
     result = score.main(["--models=tiny", "--pairs=8", "--batch=4", "--length=16"])
     torch_rows = [r for r in result["rows"] if r["backend"] == "torch"]
-    assert [r["workload"] for r in torch_rows] == ["equal"]
-    assert torch_rows[0]["pairs_per_s"] > 0
-    assert result["jax_over_torch"]["tiny"] > 0 and math.isfinite(result["jax_over_torch"]["tiny"])
+    assert [r["workload"] for r in torch_rows] == ["equal", "variable"]
+    assert all(r["pairs_per_s"] > 0 and r["layout"] == "dynamic" for r in torch_rows)
+    assert torch_rows[0]["padded_share"] == 0.0
+    assert set(result["jax_over_torch"]) == {f"tiny/{w}/{lay}" for w in ("equal", "variable")
+                                             for lay in ("padded", "packed")}
+    assert all(r > 0 and math.isfinite(r) for r in result["jax_over_torch"].values())
 
 
 def test_generate_benchmark_tiny(capsys):

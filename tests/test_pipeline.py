@@ -83,6 +83,28 @@ def test_rerun_skips_finished_stages_and_hits_reference_cache(tiny_run, capfd):
         assert again["methods"][name]["gra"] == m["gra"]
 
 
+def test_packed_scoring_pass_equals_padded_rows(tiny_run):
+    """The score stage packs sequences into rows (the default); padded rows give the same
+    scores, and both match what the stage wrote."""
+    from cwpo_jax import models
+    from cwpo_jax.stages import annotator, common
+
+    cfg, _ = tiny_run
+    model_dir = os.path.join(cfg.output_dir, "annotator", "model")
+    rm, tok = models.reward_model_from_pretrained(model_dir), models.load_tokenizer(model_dir)
+    pairs = common.load_split(cfg, "unlabelled")
+    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
+    packed = annotator.score_pairs(cfg, rm, tokenized, tok, "test")
+    padded_cfg = tiny_config(cfg.output_dir, **{"score.packed": False})
+    padded = annotator.score_pairs(padded_cfg, rm, tokenized, tok, "test")
+    written = scores.read_scores(os.path.join(cfg.output_dir, "score", "scores.jsonl"))
+    assert list(written["ids"]) == [p.id for p in pairs]
+    for a, b, w in zip(packed, padded, (written["score_a"], written["score_b"])):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, w, rtol=1e-6, atol=1e-6)
+
+
 def test_scores_for_other_data_are_refused(tiny_run):
     cfg, _ = tiny_run
     pool = [p.id for p in align.common.load_split(cfg, "labelled")]

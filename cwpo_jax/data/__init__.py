@@ -23,10 +23,13 @@ from cwpo_jax.data.splits import Splits, split_pairs
 from cwpo_jax.data.tokenize import PairTokenizer, TokenizedPair, TokenizedSequence
 from cwpo_jax.data.batching import (
     collate_packed_pairs,
+    collate_packed_sequences,
     collate_pairs,
     collate_prompts,
     collate_sequences,
     default_buckets,
+    pack_rows,
     padding_share,
+    pair_sequences,
     plan_batches,
 )

@@ -16,6 +16,11 @@ Packed pair  input_ids / attention_mask / positions / segment_ids [B, L]: one ro
              hidden state predicts each (the previous token of the same response, or the last
              prompt token), so only response positions go through the LM head. pair_index and
              weights as above.
+Packed seqs  input_ids / attention_mask / positions / segment_ids [B, L]: whole sequences
+             (e.g. prompt + one response, for scoring) packed end to end into rows of L slots,
+             so no position is padding except each row's tail. segment_ids 1..S number a row's
+             sequences (0 = padding); positions restart at 0 for each. sequence_index [B, S]: the
+             item in each segment (-1 = none); row_index [B] (-1 for padding rows).
 Sequence     input_ids / attention_mask / response_mask [B, T], index [B], weights [B].
 Prompt       input_ids / attention_mask [B, T] left-padded (generation appends on the right),
              index [B].
@@ -183,6 +188,87 @@ def collate_packed_pairs(
         "pair_index": pidx,
         "weights": w,
     }
+
+
+def pack_rows(lengths: Sequence[int], *, row_len: int, max_segments: int) -> list[np.ndarray]:
+    """Item indices per row, packing items of the given lengths into rows of row_len slots with
+    at most max_segments items each (best fit, longest first). A pure function of its inputs;
+    every item lands in exactly one row."""
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and lengths.max() > row_len:
+        worst = int(np.argmax(lengths))
+        raise ValueError(f"item {worst} has {lengths[worst]} tokens; rows hold {row_len}")
+    if len(lengths) and lengths.min() < 1:
+        raise ValueError(f"item {int(np.argmin(lengths))} is empty; packed rows need tokens")
+    # Best fit, longest first: each item goes to the open row with the least room that still
+    # holds it. open_rows[c] lists rows with c free slots and a free segment; `have` counts them
+    # so the search for the smallest c >= length is one vectorised scan.
+    open_rows: list[list[int]] = [[] for _ in range(row_len + 1)]
+    have = np.zeros(row_len + 1, np.int64)
+    rows: list[list[int]] = []
+    for i in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[i])
+        room = have[n:] > 0
+        if room.any():
+            free = n + int(np.argmax(room))
+            r = open_rows[free].pop()
+            have[free] -= 1
+        else:
+            r, free = len(rows), row_len
+            rows.append([])
+        rows[r].append(int(i))
+        free -= n
+        if free > 0 and len(rows[r]) < max_segments:
+            open_rows[free].append(r)
+            have[free] += 1
+    return [np.asarray(r, np.int64) for r in rows]
+
+
+def pair_sequences(items: Sequence[TokenizedPair]) -> list[np.ndarray]:
+    """prompt + chosen of every pair, then prompt + rejected: item k < N is pair k's chosen
+    sequence, item N + k its rejected one."""
+    return ([np.concatenate([p.prompt, p.chosen]) for p in items]
+            + [np.concatenate([p.prompt, p.rejected]) for p in items])
+
+
+def collate_packed_sequences(
+    sequences: Sequence[np.ndarray],
+    rows: Sequence[np.ndarray],
+    index: Sequence[int],
+    *,
+    batch_size: int,
+    row_len: int,
+    max_segments: int,
+    pad_id: int,
+) -> dict[str, np.ndarray]:
+    """Rows rows[index] of packed sequences (see the module docstring; rows from pack_rows)."""
+    index, sel = _select(rows, index, batch_size, "rows")
+    b = batch_size
+    ids = np.full((b, row_len), pad_id, np.int32)
+    attn = np.zeros((b, row_len), np.int32)
+    pos = np.zeros((b, row_len), np.int32)
+    seg = np.zeros((b, row_len), np.int32)
+    seq_index = np.full((b, max_segments), -1, np.int32)
+    for row, members in enumerate(sel):
+        if len(members) > max_segments:
+            raise ValueError(f"row {index[row]} holds {len(members)} sequences; max_segments "
+                             f"is {max_segments}")
+        start = 0
+        for k, item in enumerate(members):
+            tokens = sequences[item]
+            end = start + len(tokens)
+            if end > row_len:
+                raise ValueError(f"row {index[row]} needs {end} slots; row_len is {row_len}")
+            ids[row, start:end] = tokens
+            pos[row, start:end] = np.arange(len(tokens))
+            seg[row, start:end] = k + 1
+            seq_index[row, k] = item
+            start = end
+        attn[row, :start] = 1
+    row_index = np.full((b,), -1, np.int32)
+    row_index[:len(index)] = index
+    return {"input_ids": ids, "attention_mask": attn, "positions": pos, "segment_ids": seg,
+            "sequence_index": seq_index, "row_index": row_index}
 
 
 def collate_sequences(

@@ -117,7 +117,10 @@ class BertModel(nnx.Module):
         self.pooler = (layers.Linear(d, d, in_axes=("embed",), out_axes=(None,), use_bias=True,
                                      rngs=rngs, **kw) if config.has_pooler else None)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
+                 kv_valid=None):
+        """Last hidden [B,T,D]. positions [B,T] default 0..T-1; kv_valid [B,T] or a per-query
+        [B,T,T] mask (packed rows: each sequence sees only itself) default attention_mask."""
         mask = default_mask(input_ids, attention_mask)
         t = input_ids.shape[1]
         if t > self.config.max_position_embeddings:
@@ -125,12 +128,15 @@ class BertModel(nnx.Module):
                              f"{self.config.max_position_embeddings}")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(t)[None])
+        if positions is None:
+            positions = jnp.arange(t)[None]
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         x = self.embeddings_norm(x)
-        run = layers.maybe_remat(lambda layer, x, mask: layer(x, mask), self.config.remat)
+        visible = mask if kv_valid is None else kv_valid
+        run = layers.maybe_remat(lambda layer, x, visible: layer(x, visible), self.config.remat)
         for layer in self.layers:
-            x = run(layer, x, mask)
+            x = run(layer, x, visible)
         return x
 
     def hidden_states(self, input_ids, attention_mask=None):
@@ -147,6 +153,24 @@ class BertModel(nnx.Module):
         if self.pooler is None:
             raise ValueError("pooling='pooler' needs pooler weights (has_pooler=True)")
         return jnp.tanh(self.pooler(hidden[:, 0]).astype(jnp.float32))
+
+    def pool_segments(self, hidden, segment_ids, num_segments: int):
+        """[B,T,D] -> [B,S,D] float32 by config.pooling, one vector per segment 1..S of each row
+        (segment_ids [B,T], 0 = padding): mean over its tokens, or its first token for cls /
+        pooler (what pool() gives each sequence alone). An empty segment pools to zeros (mean)
+        or to the row's first token; its score is not read."""
+        member = (segment_ids[:, None, :] == jnp.arange(1, num_segments + 1)[None, :, None])
+        mode = self.config.pooling
+        if mode == "mean":
+            m = member.astype(jnp.float32)  # [B,S,T]
+            total = jnp.einsum("bst,btd->bsd", m, hidden.astype(jnp.float32))
+            return total / jnp.maximum(m.sum(-1), 1e-9)[..., None]
+        if mode == "pooler" and self.pooler is None:
+            raise ValueError("pooling='pooler' needs pooler weights (has_pooler=True)")
+        first = jnp.take_along_axis(hidden, jnp.argmax(member, axis=-1)[..., None], axis=1)
+        if mode == "cls":
+            return first.astype(jnp.float32)
+        return jnp.tanh(self.pooler(first).astype(jnp.float32))
 
     def pooled(self, input_ids, attention_mask=None):
         mask = default_mask(input_ids, attention_mask)

@@ -1,7 +1,8 @@
 """Scalar reward head on any backbone: the paper's weak annotator (final layer -> a scalar).
 
 Decoders score the last non-pad token (works with left or right padding); encoders score their
-pooled output (mean or CLS, per the encoder config).
+pooled output (mean or CLS, per the encoder config). packed_scores scores many sequences packed
+end to end in each row, so a scoring pass computes no padding.
 """
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ class RewardModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None):
         return self.score(self.features(input_ids, attention_mask).astype(jnp.float32))[:, 0]
+
+    def packed_features(self, input_ids, attention_mask, positions, segment_ids,
+                        num_segments: int):
+        """[B, S, D]: the representation of each sequence packed in rows (segment_ids 1..S,
+        0 = padding, positions restarting per sequence; data.collate_packed_sequences). Each
+        sequence attends to itself only, so its features equal those of the sequence alone."""
+        visible = (attention_mask.astype(bool)[:, None, :]
+                   & (segment_ids[:, :, None] == segment_ids[:, None, :]))  # [B, T, T]
+        if isinstance(self.backbone, BertModel):
+            hidden = self.backbone(input_ids, attention_mask, positions=positions,
+                                   kv_valid=visible)
+            return self.backbone.pool_segments(hidden, segment_ids, num_segments)
+        hidden, _ = self.backbone.forward(input_ids, attention_mask, positions=positions,
+                                          kv_valid=visible)
+        member = segment_ids[:, None, :] == jnp.arange(1, num_segments + 1)[None, :, None]
+        last = (member.shape[-1] - 1) - jnp.argmax(member[..., ::-1], axis=-1)  # [B, S]
+        return jnp.take_along_axis(hidden, last[..., None], axis=1)
+
+    def packed_scores(self, input_ids, attention_mask, positions, segment_ids,
+                      num_segments: int):
+        """[B, S] float32 score of every packed sequence (see packed_features)."""
+        features = self.packed_features(input_ids, attention_mask, positions, segment_ids,
+                                        num_segments)
+        return self.score(features.astype(jnp.float32))[..., 0]

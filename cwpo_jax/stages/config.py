@@ -124,6 +124,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
     check(cfg.score.tau > 0, "score.tau", f"must be > 0, got {cfg.score.tau}")
     check(cfg.score.batch_size > 0, "score.batch_size", f"must be > 0, got {cfg.score.batch_size}")
+    check(cfg.score.max_segments > 0, "score.max_segments",
+          f"must be > 0, got {cfg.score.max_segments}")
     for name in ("annotator", "sft", "align"):
         t = cfg[name].train
         field = f"{name}.train"

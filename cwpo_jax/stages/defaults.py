@@ -61,6 +61,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.annotator.train = train_section(learning_rate=1e-5, batch_size=32, epochs=4.0)
 
     c.score = ml_collections.ConfigDict(dict(batch_size=64, tau=1.0))
+    # Packed scoring: both sequences of every pair packed end to end into rows as long as the
+    # longest (its bucket), 2 x batch_size rows per batch, at most max_segments sequences per
+    # row; no padding is computed. False: chosen / rejected rows of batch_size pairs, padded to
+    # the batch's bucket.
+    c.score.packed = True
+    c.score.max_segments = 16
 
     c.sft = ml_collections.ConfigDict()
     c.sft.model = ""  # the strong model; its SFT result is the reference

@@ -6,11 +6,14 @@ from hypothesis import given, settings, strategies as st
 
 from cwpo_jax.data.batching import (
     bucket_length,
+    collate_packed_sequences,
     collate_pairs,
     collate_prompts,
     collate_sequences,
     default_buckets,
+    pack_rows,
     padding_share,
+    pair_sequences,
     plan_batches,
 )
 from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
@@ -158,3 +161,49 @@ def test_plan_epochs_differ_and_grouping_cuts_padding():
     grouped = share(e0)
     random = share(plan_batches(lengths, 16, seed=1, epoch=0, window=1))
     assert grouped < random - 0.15, (grouped, random)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 64), max_size=200), st.integers(64, 130), st.integers(1, 9))
+def test_pack_rows_places_every_item_once_within_limits(lengths, row_len, max_segments):
+    rows = pack_rows(lengths, row_len=row_len, max_segments=max_segments)
+    flat = np.concatenate(rows) if rows else np.zeros(0, int)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    lengths = np.asarray(lengths, int)
+    for row in rows:
+        assert 1 <= len(row) <= max_segments and lengths[row].sum() <= row_len
+    # Best fit never opens a row that an earlier row could have taken: at most one row is
+    # at most half full (two such rows would have merged), unless the segment limit binds.
+    half_empty = [r for r in rows if lengths[r].sum() <= row_len // 2 and len(r) < max_segments]
+    assert len(half_empty) <= 1
+    again = pack_rows(lengths, row_len=row_len, max_segments=max_segments)
+    assert all(np.array_equal(a, b) for a, b in zip(rows, again))
+
+
+def test_pack_rows_refuses_items_that_cannot_fit():
+    with pytest.raises(ValueError, match="item 1 has 9 tokens; rows hold 8"):
+        pack_rows([3, 9], row_len=8, max_segments=4)
+    with pytest.raises(ValueError, match="item 0 is empty"):
+        pack_rows([0, 3], row_len=8, max_segments=4)
+
+
+def test_packed_sequence_batch_layout():
+    sequences = pair_sequences(ITEMS)  # 0..2 prompt + chosen, 3..5 prompt + rejected
+    assert [len(s) for s in sequences] == [5, 5, 3, 4, 3, 5]
+    np.testing.assert_array_equal(sequences[4], ids(4, 21, 22))
+    rows = [np.array([0, 2]), np.array([5, 4]), np.array([1, 3])]
+    b = collate_packed_sequences(sequences, rows, [1, 2], batch_size=3, row_len=9,
+                                 max_segments=3, pad_id=PAD)
+    np.testing.assert_array_equal(b["input_ids"][0], ids(5, 6, 23, 24, 25, 4, 21, 22, PAD))
+    np.testing.assert_array_equal(b["positions"][0], ids(0, 1, 2, 3, 4, 0, 1, 2, 0))
+    np.testing.assert_array_equal(b["segment_ids"][0], ids(1, 1, 1, 1, 1, 2, 2, 2, 0))
+    np.testing.assert_array_equal(b["attention_mask"][0], ids(1, 1, 1, 1, 1, 1, 1, 1, 0))
+    np.testing.assert_array_equal(b["sequence_index"], [[5, 4, -1], [1, 3, -1], [-1, -1, -1]])
+    np.testing.assert_array_equal(b["row_index"], [1, 2, -1])
+    assert b["attention_mask"][2].sum() == 0  # the padding row
+    with pytest.raises(ValueError, match="row 0 needs 10 slots; row_len is 9"):
+        collate_packed_sequences(sequences, [np.array([0, 1])], [0], batch_size=1, row_len=9,
+                                 max_segments=3, pad_id=PAD)
+    with pytest.raises(ValueError, match="row 0 holds 3 sequences; max_segments is 2"):
+        collate_packed_sequences(sequences, [np.array([2, 4, 3])], [0], batch_size=1,
+                                 row_len=12, max_segments=2, pad_id=PAD)
