@@ -10,7 +10,8 @@ beta 0.5, all `batch` pairs in one optimizer step (no accumulation), no activati
 checkpointing; each pair is prompt-len + completion-len real tokens per sequence (no padding),
 the ids of dpo_step.make_batch. --reference=cached: TRL precomputes the reference log-probs
 before training (precompute_ref_log_probs=True), JAX reads constant ones from the batch; online:
-both run a frozen reference copy inside every step.
+both run a frozen reference copy every step (TRL inside training_step; JAX a jitted reference
+forward right before the train step, timed with it).
 
 --layout is dpo_step's: `packed` (the default, as the align stage runs) puts each pair in one row
 so the prompt runs once; `rows` runs chosen and rejected as separate rows, the same work as TRL.
@@ -38,7 +39,22 @@ machine: torch's OpenMP threads slow down several-fold when other processes hold
 far more than XLA's pool, so a loaded machine inflates the ratio.
 
 Tokens are counted as TRL counts them: real tokens of the chosen and rejected sequences, prompt
-included. ratio = JAX tokens/s / TRL tokens/s; memory_ratio = JAX peak RSS / TRL peak RSS.
+included. ratio = JAX tokens/s / TRL tokens/s.
+
+Memory, each side its own process, in MiB:
+- peak_rss_mb: the whole process's high-water mark (JAX: ru_maxrss of this process, which also
+  loads the model (the first time, dequantises the GGUF), probes the matmul peak and compiles;
+  TRL: VmHWM of the subprocess, which also loads the model(s), precomputes the cached reference
+  log-probs and builds the trainer). memory_ratio = JAX peak_rss_mb / TRL peak_rss_mb.
+- step_peak_rss_mb: the high-water mark of the timed steps alone, measured the same way on both
+  sides (benchmarks/process_memory.py): right after the first step (JAX: the compiling step;
+  TRL: the warm-up step, at its on_step_end callback, after optimizer.step and zero_grad) the
+  kernel's mark is reset to the current RSS ("5" > /proc/self/clear_refs), and VmHWM is read
+  after the last timed step (TRL: at its last on_step_end). resident_before_steps_mb is VmRSS
+  right after the reset: weights, optimizer state and what the runtime keeps between steps.
+  step_memory_ratio = JAX step_peak_rss_mb / TRL step_peak_rss_mb; None, with the reason in
+  step_peak_note, where clear_refs is not writable.
+
 mfu_6n is TRL's FLOP count for both sides (6 N per counted token, 8 N online); the JAX side's mfu
 counts the FLOPs its layout really computes (dpo_step).
 Needs `pip install -r requirements-trl.txt`; cwpo_jax itself never imports torch or trl.
@@ -59,6 +75,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+
+from process_memory import StepWindow
 
 
 def parse_args(argv=None):
@@ -130,14 +148,22 @@ def trl_side(args) -> dict:
             return dataset  # already TRL's tokenised columns
 
     class StepTimer(transformers.TrainerCallback):
+        """Times each optimizer step; the memory window opens after the warm-up step and is
+        read after each later one."""
+
         def __init__(self):
             self.times, self.start = [], 0.0
+            self.window = StepWindow(process_peak=peak_rss_mb)
 
         def on_step_begin(self, *_, **__):
             self.start = time.perf_counter()
 
         def on_step_end(self, *_, **__):
             self.times.append(time.perf_counter() - self.start)
+            if len(self.times) == 1:
+                self.window.open()
+            else:  # VmHWM only grows after the reset: the read after the last step counts
+                self.window.close()
 
     # The ids are given, so the tokenizer only supplies a pad id (no padding happens).
     tokenizer = transformers.PreTrainedTokenizerFast(
@@ -163,7 +189,8 @@ def trl_side(args) -> dict:
     return {"step_s": step_s, "tokens_per_s": tokens / step_s, "first_step_s": timer.times[0],
             "tokens_per_step": tokens, "steps_timed": len(timer.times) - 1,
             "mean_loss": float(output.training_loss), "optim": str(config.optim),
-            "peak_rss_mb": peak_rss_mb(), "trl": trl.__version__, "torch": torch.__version__,
+            "peak_rss_mb": max(timer.window.process_peak_mb, peak_rss_mb()),
+            **timer.window.fields(), "trl": trl.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__}
 
 
@@ -175,6 +202,16 @@ def run_trl(args, checkpoint: str, ids_path: str) -> dict:
                f"--reference={args.reference}", f"--threads={args.threads}"]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def mb(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def step_memory_ratio(jax_result: dict, trl_result: dict) -> float | None:
+    """JAX step peak / TRL step peak; None where either side could not measure its own."""
+    jax_peak, trl_peak = jax_result["step_peak_rss_mb"], trl_result["step_peak_rss_mb"]
+    return None if jax_peak is None or trl_peak is None else jax_peak / trl_peak
 
 
 def main(argv=None):
@@ -208,7 +245,8 @@ def main(argv=None):
     flops_per_token = (8.0 if args.reference == "online" else 6.0) * jax_result["matmul_params"]
     trl_result["mfu_6n"] = flops_per_token * trl_result["tokens_per_s"] / jax_result["peak_flops"]
     jax_keys = ("step_s", "tokens_per_s", "first_step_s", "mfu", "mfu_6n", "peak_rss_mb",
-                "loss", "matmul_params", "peak_flops")
+                "step_peak_rss_mb", "resident_before_steps_mb", "step_peak_note", "xla_temp_mb",
+                "first_loss", "loss", "matmul_params", "peak_flops")
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "reference": args.reference,
@@ -217,14 +255,21 @@ def main(argv=None):
         "tokens_per_step": tokens, "jax": {k: jax_result[k] for k in jax_keys}, "trl": trl_result,
         "ratio": jax_result["tokens_per_s"] / trl_result["tokens_per_s"],
         "memory_ratio": jax_result["peak_rss_mb"] / trl_result["peak_rss_mb"],
+        "step_memory_ratio": step_memory_ratio(jax_result, trl_result),
     }
-    print(f"{'':>14} {'step (s)':>9} {'tokens/s':>9} {'MFU 6N':>6} {'peak RSS (MB)':>14}")
+    print(f"{'':>14} {'step (s)':>9} {'tokens/s':>9} {'MFU 6N':>6} {'peak RSS (MB)':>14} "
+          f"{'step peak (MB)':>15} {'before steps':>13}")
     for side in ("jax", "trl"):
         r = result[side]
         print(f"{side:>14} {r['step_s']:>9.3f} {r['tokens_per_s']:>9.1f} {r['mfu_6n']:>6.1%} "
-              f"{r['peak_rss_mb']:>14.0f}")
+              f"{r['peak_rss_mb']:>14.0f} {mb(r['step_peak_rss_mb']):>15} "
+              f"{mb(r['resident_before_steps_mb']):>13}")
+    ratio = result["step_memory_ratio"]
     print(f"{'jax / trl':>14} {'':>9} {result['ratio']:>9.2f} {'':>6} "
-          f"{result['memory_ratio']:>14.2f}")
+          f"{result['memory_ratio']:>14.2f} {'-' if ratio is None else f'{ratio:.2f}':>15}")
+    for side in ("jax", "trl"):
+        if result[side]["step_peak_note"]:
+            print(f"{side} step peak not measured: {result[side]['step_peak_note']}")
     print(json.dumps(result))
     return result
 

@@ -1,5 +1,5 @@
 """Steady-state DPO train step: tokens/s, MFU against a matmul peak measured in the same process,
-peak RSS. Prints a table and one final JSON line.
+memory. Prints a table and one final JSON line.
 
 python benchmarks/dpo_step.py --model=smollm2|tiny|llama1b|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
@@ -10,7 +10,9 @@ llama1b: a random ~1.1B Llama-shaped model (TinyLlama's shape) for accelerator r
 
 Work per step: `batch` pairs, each a chosen and a rejected sequence of prompt-len + completion-len
 real tokens (no padding), full fine-tuning unless --lora. Tokens are counted the way TRL counts
-them: real tokens of both sequences, prompt included, whatever the layout.
+them: real tokens of both sequences, prompt included, whatever the layout. --reference=cached
+reads constant reference log-probs from the batch; online computes them every step with a frozen
+copy of the initial policy (a jitted forward right before the train step, timed with it).
 
 --layout=packed (the align stage's default): one row per pair, prompt + chosen + rejected, so the
 prompt runs once, and the LM head projects response positions only. --layout=rows: chosen and
@@ -21,6 +23,20 @@ per position through the LM head (4 N with frozen LoRA bases), + 2 N per token f
 reference forward; N counts matmul parameters (lookup tables excluded, the tied LM head
 included). mfu_6n is TRL's count, 6 N (8 N online) per counted token, which credits packed rows
 with the work they avoid.
+
+Memory (host RSS in MiB; on CPU it holds everything, on an accelerator the host side only):
+- peak_rss_mb: the whole process's high-water mark (ru_maxrss), so it includes the matmul-peak
+  probe, model loading (and a GGUF's dequantisation), the optimizer init and compilation.
+- step_peak_rss_mb: the high-water mark of the timed steps alone. After the first (compiling)
+  step the kernel's mark is reset to the current RSS ("5" > /proc/self/clear_refs) and VmHWM is
+  read after the last timed step; resident_before_steps_mb is VmRSS right after that reset (0.5 s
+  after the first step, once its temporaries are unmapped): weights, optimizer state, batch, the
+  compiled program, the runtime, and heap that glibc keeps after frees. None, with the reason in
+  step_peak_note, where clear_refs is not writable (see process_memory.py).
+- xla_*_mb: XLA's own accounting of the compiled step (memory_analysis): its arguments (state,
+  frozen weights, batch), outputs, the part of the outputs aliased to donated arguments, and
+  temporaries (gradients, activations and every other buffer live within the step).
+- peak_device_mb: the accelerator allocator's high-water mark (0 on CPU).
 """
 from __future__ import annotations
 
@@ -28,23 +44,26 @@ import argparse
 import functools
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 
 from cwpo_jax import assets, losses, models, sharding  # noqa: E402
 from cwpo_jax.data import TokenizedPair, collate_packed_pairs  # noqa: E402
 from cwpo_jax.train import optim, steps, tasks  # noqa: E402
 from cwpo_jax.train.metrics import measure_matmul_peak  # noqa: E402
 from cwpo_jax.train.state import init_train_state, split_model  # noqa: E402
+
+from process_memory import StepWindow  # noqa: E402
 
 
 # A ~1.1B Llama-shaped config (TinyLlama-1.1B's shape) with random weights, for accelerators.
@@ -119,6 +138,15 @@ def step_flops(n_body: int, n_head: int, *, batch: int, prompt_len: int, complet
     return forward * (2.0 if lora else 3.0) + (forward if online else 0.0)
 
 
+def xla_memory_mb(compiled) -> dict:
+    """XLA's memory_analysis of a compiled step in MiB (empty where the backend gives none)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    return {f"xla_{name}_mb": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+            for name in ("argument", "output", "alias", "temp")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny")
@@ -156,14 +184,28 @@ def main(argv=None):
     pair_loss = losses.pair_loss_fn("dpo", beta=0.5)
 
     def task(m, batch):
-        if reference is not None:  # reference log-probs inside the step, no gradient
-            ref_model = nnx.merge(*reference)
-            ref_logp = jax.lax.stop_gradient(tasks.pair_logprobs(ref_model, batch,
-                                                                 chunk_size=chunk)[0])
-            batch = {**batch, "ref_logps": ref_logp}
         return tasks.preference_task(m, batch, pair_loss=pair_loss, beta=0.5, chunk_size=chunk)
 
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    reference_logps = None
+    if reference is not None:
+        ref_graphdef, ref_weights = reference
+
+        # The reference forward runs right before each train step, timed with it. Its weights
+        # are an argument: closed over by the train step, jit embedded them in the program as
+        # constants (measured with SmolLM2: 1.7 GB more RSS for its 0.5 GB of weights).
+        @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, steps.batch_spec(1)))
+        def reference_logps(weights, batch):
+            micro = jax.tree.map(lambda x: x[0], batch)  # one micro-batch
+            model = nnx.merge(ref_graphdef, weights)
+            return tasks.pair_logprobs(model, micro, chunk_size=chunk)[0][None]
+
+    def run(state, batch):
+        """One step: with an online reference, its log-probs, then the train step."""
+        if reference_logps is not None:
+            batch = {**batch, "ref_logps": reference_logps(ref_weights, batch)}
+        return compiled(state, frozen, batch)
+
     parts = split_model(model, models.trainable_filter(model))
     optimizer, _ = optim.make_optimizer(learning_rate=1e-6, total_steps=args.steps + 2)
     state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
@@ -178,15 +220,23 @@ def main(argv=None):
         host = pack(host, args.prompt_len)
     batch = sharding.shard_batch({k: v[None] for k, v in host.items()}, mesh, leading=1)
     start = time.perf_counter()
-    state, metrics = step(state, frozen, batch)
+    compiled = step.lower(state, frozen, batch).compile()  # one compilation, for both uses
+    state, metrics = run(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
+    first_loss = float(metrics["loss"])  # before any update: the forward pass alone decides it
+    # The CPU runtime unmaps a step's temporaries just after its outputs are ready (~0.1 s for
+    # 1 GB): let that finish so resident_before_steps_mb holds what stays between steps.
+    time.sleep(0.5)
+    window = StepWindow()
+    window.open()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        state, metrics = step(state, frozen, batch)
+        state, metrics = run(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+    window.close()
     step_s = float(np.median(times))
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
@@ -196,16 +246,18 @@ def main(argv=None):
         "padded_tokens_per_s": tokens / step_s,  # synthetic batches carry no padding
         "mfu": flops / step_s / peak, "mfu_6n": flops_6n * tokens / step_s / peak,
         "peak_flops": peak,
-        "first_step_s": compile_s, "loss": float(metrics["loss"]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_step_s": compile_s, "first_loss": first_loss, "loss": float(metrics["loss"]),
+        "peak_rss_mb": window.process_peak_mb, **window.fields(), **xla_memory_mb(compiled),
         "device": str(jax.devices()[0]), "remat": args.remat,
         # Accelerators report their allocator's high-water mark; the CPU client reports none.
         "peak_device_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use",
                                                                       0) / 2**20,
     }
     for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "first_step_s",
-                "peak_rss_mb"):
-        print(f"{key:>16}: {result[key]:.4g}")
+                "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb", "xla_temp_mb"):
+        value = result.get(key)
+        print(f"{key:>24}: " + (f"{value:.4g}" if value is not None else
+                               f"None ({result.get('step_peak_note') or 'not reported'})"))
     print(json.dumps(result))
     return result
 

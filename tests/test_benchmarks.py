@@ -16,6 +16,36 @@ def test_dpo_step_benchmark_tiny(capsys):
         assert result[key] > 0, key
     assert result["tokens_per_s"] == 2 * 2 * 16 / result["step_s"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+    # Steady-state memory: the window after the compiling step lies within the whole run's.
+    if result["step_peak_note"] is None:
+        assert 0 < result["resident_before_steps_mb"] <= result["step_peak_rss_mb"]
+        assert result["step_peak_rss_mb"] <= result["peak_rss_mb"]
+    else:
+        assert result["step_peak_rss_mb"] is None
+    assert result["xla_alias_mb"] > 0 and result["xla_temp_mb"] > 0  # the state is donated
+
+
+def test_step_window_falls_back_without_clear_refs(monkeypatch):
+    """Where /proc/self/clear_refs cannot be written the step peak is None, with the reason."""
+    import builtins
+
+    import process_memory
+
+    real_open = builtins.open
+
+    def no_clear_refs(path, *a, **k):
+        if str(path).endswith("clear_refs"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_clear_refs)
+    window = process_memory.StepWindow()
+    window.open()
+    window.close()
+    fields = window.fields()
+    assert fields["step_peak_rss_mb"] is None
+    assert "clear_refs not writable" in fields["step_peak_note"]
+    assert window.process_peak_mb > 0
 
 
 def test_dpo_step_layouts_compute_the_same_loss():

@@ -113,3 +113,11 @@ def test_compare_trl_tiny(capsys, reference, layout):
                                             / result["trl"]["tokens_per_s"])
     assert result["memory_ratio"] == pytest.approx(result["jax"]["peak_rss_mb"]
                                                    / result["trl"]["peak_rss_mb"])
+    # Steady-state step peaks, measured the same way on both sides (None only without
+    # a writable /proc/self/clear_refs).
+    if result["step_memory_ratio"] is not None:
+        for side in ("jax", "trl"):
+            r = result[side]
+            assert 0 < r["resident_before_steps_mb"] <= r["step_peak_rss_mb"] <= r["peak_rss_mb"]
+        assert result["step_memory_ratio"] == pytest.approx(
+            result["jax"]["step_peak_rss_mb"] / result["trl"]["step_peak_rss_mb"])
