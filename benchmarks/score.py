@@ -30,7 +30,8 @@ When torch and transformers are importable, BERT-type models also run in PyTorch
 transformers' BertModel from the same weights, mean pooling + a linear head, eval mode,
 torch.no_grad, torch.set_num_threads(threads), timed after one warm-up batch, over the padded
 layout's batches (the same pairs per batch, length-sorted) padded to each batch's longest row
-(dynamic padding, as transformers' DataCollatorWithPadding does), with the attention mask.
+(dynamic padding, as transformers' DataCollatorWithPadding does), with the attention mask, in
+a subprocess of its own (a torch thread pool in the same process slowed the JAX passes).
 jax_over_torch = JAX pairs/s / PyTorch pairs/s per workload and layout. Without torch those
 columns are skipped. --threads pins the process to N cores (XLA sizes its pool from the affinity
 mask); the default is every core.
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,6 +175,17 @@ def torch_pass(folder: str, pairs, *, batch: int, threads: int) -> dict:
             "padded_share": 1 - real / total}
 
 
+def run_torch(args, folder: str, workload: str, vocab: int) -> dict:
+    """torch_pass in a subprocess (`--torch-folder`): torch's OpenMP pool, once started,
+    slowed the JAX passes that followed it in one process by up to 10%, and XLA's pool may do
+    the same to torch; each side gets a process of its own, as in compare_trl."""
+    command = [sys.executable, os.path.abspath(__file__), f"--torch-folder={folder}",
+               f"--workload={workload}", f"--vocab={vocab}", f"--pairs={args.pairs}",
+               f"--batch={args.batch}", f"--length={args.length}", f"--threads={args.threads}"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def torch_available() -> str | None:
     """None when the PyTorch column can run, else why not."""
     try:
@@ -191,8 +204,17 @@ def main(argv=None):
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-torch", action="store_true")
+    # The PyTorch side's subprocess (run_torch): one workload over an exported BERT folder.
+    p.add_argument("--torch-folder", help=argparse.SUPPRESS)
+    p.add_argument("--workload", choices=("equal", "variable"), help=argparse.SUPPRESS)
+    p.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     pin_threads(args.threads)
+    if args.torch_folder:
+        pairs = make_pairs(args.workload, args.pairs, args.length, args.vocab)
+        print(json.dumps(torch_pass(args.torch_folder, pairs, batch=args.batch,
+                                    threads=args.threads)))
+        return None
 
     skipped = "PyTorch column skipped: --no-torch" if args.no_torch else torch_available()
     if skipped:
@@ -210,8 +232,8 @@ def main(argv=None):
                 rows += jax_rows
                 if bert_folder and not skipped:
                     rows.append({**common, "backend": "torch",
-                                 **torch_pass(bert_folder, pairs, batch=args.batch,
-                                              threads=args.threads)})
+                                 **run_torch(args, bert_folder, workload,
+                                             rm.config.vocab_size)})
                     for r in jax_rows:
                         ratios[f"{spec}/{workload}/{r['layout']}"] = (
                             r["pairs_per_s"] / rows[-1]["pairs_per_s"])

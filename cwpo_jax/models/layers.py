@@ -208,8 +208,11 @@ def attend(q, k, v, *, kv_valid, q_slots, causal: bool, scale: float, sliding_wi
     b, t, h, hd = q.shape
     kvh = k.shape[2]
     g = h // kvh
-    qg = q.reshape(b, t, kvh, g, hd)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    # Heads-major operands ([B,KV,G,T,hd], [B,KV,S,hd]) so both products are plain batched
+    # matmuls: XLA:CPU ran the head-minor einsum ~20% slower (MiniLM, 32 x 128).
+    qg = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bkgtd,bksd->bkgts", qg, kt, preferred_element_type=jnp.float32)
     logits = logits * scale
     if kv_valid.ndim == 3:
         if sliding_window:
@@ -226,9 +229,12 @@ def attend(q, k, v, *, kv_valid, q_slots, causal: bool, scale: float, sliding_wi
             # Slot distance equals position distance for real tokens (pads only on the left).
             visible = visible & (s_ids[None, None, :] > q_slots[None, :, None] - sliding_window)
     logits = jnp.where(visible[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
+    # Softmax with the normalisation after the value product: T x hd divides instead of T x S.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), vt,
+                     preferred_element_type=jnp.float32)
+    out = (out / weights.sum(axis=-1)[..., None]).astype(v.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 def update_cache(cache_kv, new, index):
