@@ -257,16 +257,29 @@ def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callab
     run = _jitted_pass(graphdef, fn)
     plan = plan_batches(lengths, batch_size, shuffle=False)
     start, done = time.perf_counter(), 0
+
+    def finish(i, batch, out):
+        nonlocal done
+        out = jax.tree.map(np.asarray, out)  # waits for this batch's program
+        done += len(plan[i])
+        if i % 20 == 0 or i == len(plan) - 1:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            log(name, f"{done}/{len(lengths)} {unit} ({rate:.1f} {unit}/s)")
+        return batch, out
+
+    # One batch in flight: the next batch is collated and dispatched (jit returns before the
+    # program finishes) before the previous one's outputs are read back.
+    pending = None
     for i, index in enumerate(plan):
         batch = collate(index)
         device_batch = sharding.shard_batch(
             {k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, mesh)
-        out = jax.tree.map(np.asarray, run(state, device_batch))
-        done += len(index)
-        if i % 20 == 0 or i == len(plan) - 1:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            log(name, f"{done}/{len(lengths)} {unit} ({rate:.1f} {unit}/s)")
-        yield batch, out
+        out = run(state, device_batch)
+        if pending is not None:
+            yield finish(*pending)
+        pending = (i, batch, out)
+    if pending is not None:
+        yield finish(*pending)
 
 
 def sample_texts(cfg, model_path: str, prompts, *, seed: int, max_new_tokens: int,

@@ -1,0 +1,51 @@
+"""stages.common.batched_pass: every item once, in plan order, outputs equal to a direct call,
+and the next batch dispatched before the previous one's outputs are handed back."""
+import numpy as np
+from flax import nnx
+
+from cwpo_jax.data.batching import plan_batches
+from cwpo_jax.stages import common
+from cwpo_jax.stages.defaults import defaults
+
+ROWS = 4
+
+
+def _project(model, batch):
+    return model(batch["x"])[:, 0]
+
+
+def test_batched_pass_covers_items_in_order_with_one_batch_in_flight():
+    cfg = defaults()
+    cfg.mesh.data = 1
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((10, 3)).astype(np.float32)
+    lengths = list(rng.integers(1, 9, len(items)))
+    events = []
+
+    def collate(index):
+        events.append(("collate", len(events)))
+        x = np.zeros((ROWS, 3), np.float32)
+        x[:len(index)] = items[index]
+        padded = np.full(ROWS, -1)
+        padded[:len(index)] = index
+        return {"x": x, "index": padded}
+
+    seen = np.zeros(len(items), int)
+    yielded = []
+    for batch, out in common.batched_pass(model, _project, lengths=lengths, collate=collate,
+                                          batch_size=ROWS, cfg=cfg, name="test"):
+        events.append(("yield", len(events)))
+        taken = batch["index"] >= 0
+        np.testing.assert_allclose(out[taken], np.asarray(model(items[batch["index"][taken]]))[:, 0],
+                                   rtol=1e-6)
+        seen[batch["index"][taken]] += 1
+        yielded.append(list(batch["index"][taken]))
+
+    plan = plan_batches(lengths, ROWS, shuffle=False)
+    assert yielded == [list(index) for index in plan]
+    assert (seen == 1).all()
+    kinds = [kind for kind, _ in events]
+    # collate 0, collate 1, yield 0, collate 2, yield 1, ..., yield last
+    assert kinds == ["collate", "collate"] + ["yield", "collate"] * (len(plan) - 2) \
+        + ["yield", "yield"]
