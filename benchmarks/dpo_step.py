@@ -3,7 +3,7 @@ memory. Prints a table and one final JSON line.
 
 python benchmarks/dpo_step.py --model=smollm2|tiny|llama1b|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
-    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat]
+    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat] [--profile=DIR]
 
 llama1b: a random ~1.1B Llama-shaped model (TinyLlama's shape) for accelerator runs
 (benchmarks/gpu.sh).
@@ -37,6 +37,11 @@ Memory (host RSS in MiB; on CPU it holds everything, on an accelerator the host 
   frozen weights, batch), outputs, the part of the outputs aliased to donated arguments, and
   temporaries (gradients, activations and every other buffer live within the step).
 - peak_device_mb: the accelerator allocator's high-water mark (0 on CPU).
+
+--profile=DIR: 3 more steps under jax.profiler (trace in DIR, the compiled HLO in
+DIR/train_step.hlo.txt), then a table of the step's XLA instructions by time with what each does
+and each matmul's GFLOP/s, and the totals by kind (benchmarks/op_profile.py); the JSON line gets
+`profile` ({wall_ms, by_kind_ms, trace_dir}).
 """
 from __future__ import annotations
 
@@ -147,6 +152,29 @@ def xla_memory_mb(compiled) -> dict:
             for name in ("argument", "output", "alias", "temp")}
 
 
+def profile_step(compiled, state, frozen, batch, trace_dir: str, calls: int = 3):
+    """Trace `calls` train steps (the compiled step alone: an online reference's forward is
+    another program, whose instruction names would collide) and print the op table.
+    Returns ({"wall_ms", "by_kind_ms", "trace_dir"}, the state after the traced steps)."""
+    import op_profile
+
+    holder = [state]
+
+    def call():
+        holder[0], metrics = compiled(holder[0], frozen, batch)
+        jax.block_until_ready(metrics)
+
+    hlo = compiled.as_text()
+    os.makedirs(trace_dir, exist_ok=True)
+    with open(os.path.join(trace_dir, "train_step.hlo.txt"), "w") as f:
+        f.write(hlo)
+    rows, wall_s = op_profile.profile(call, hlo, calls=calls, trace_dir=trace_dir)
+    print(op_profile.format_table(rows, wall_s, calls=calls))
+    summary = {"wall_ms": wall_s * 1e3, "trace_dir": trace_dir,
+               "by_kind_ms": op_profile.summarize(rows)}
+    return summary, holder[0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny")
@@ -162,6 +190,9 @@ def main(argv=None):
     p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     p.add_argument("--remat", action="store_true",
                    help="recompute each layer in the backward pass (less activation memory)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="after the timed steps, trace 3 more with jax.profiler into DIR and "
+                        "print where the train step's time goes (benchmarks/op_profile.py)")
     args = p.parse_args(argv)
 
     peak = measure_matmul_peak(2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
@@ -200,11 +231,15 @@ def main(argv=None):
             model = nnx.merge(ref_graphdef, weights)
             return tasks.pair_logprobs(model, micro, chunk_size=chunk)[0][None]
 
+    def run_batch(batch, reference_logps):
+        """The train step's input: with an online reference, its log-probs added."""
+        if reference_logps is None:
+            return batch
+        return {**batch, "ref_logps": reference_logps(ref_weights, batch)}
+
     def run(state, batch):
         """One step: with an online reference, its log-probs, then the train step."""
-        if reference_logps is not None:
-            batch = {**batch, "ref_logps": reference_logps(ref_weights, batch)}
-        return compiled(state, frozen, batch)
+        return compiled(state, frozen, run_batch(batch, reference_logps))
 
     parts = split_model(model, models.trainable_filter(model))
     optimizer, _ = optim.make_optimizer(learning_rate=1e-6, total_steps=args.steps + 2)
@@ -238,6 +273,10 @@ def main(argv=None):
         times.append(time.perf_counter() - start)
     window.close()
     step_s = float(np.median(times))
+    profile = None
+    if args.profile:
+        profile, state = profile_step(compiled, state, frozen, run_batch(batch, reference_logps),
+                                      args.profile)
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "reference": args.reference,
@@ -248,7 +287,7 @@ def main(argv=None):
         "peak_flops": peak,
         "first_step_s": compile_s, "first_loss": first_loss, "loss": float(metrics["loss"]),
         "peak_rss_mb": window.process_peak_mb, **window.fields(), **xla_memory_mb(compiled),
-        "device": str(jax.devices()[0]), "remat": args.remat,
+        "device": str(jax.devices()[0]), "remat": args.remat, "profile": profile,
         # Accelerators report their allocator's high-water mark; the CPU client reports none.
         "peak_device_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use",
                                                                       0) / 2**20,

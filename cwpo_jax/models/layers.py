@@ -6,6 +6,7 @@ a sharding module maps the names to mesh axes with one rules table (see `logical
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -56,6 +57,44 @@ def _normal(rngs: nnx.Rngs, shape, std, dtype):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
+def _contract(x, kernel, n_in: int):
+    """x [..., *in] . kernel [*in, *out] -> [..., *out]."""
+    return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)),
+                                            tuple(range(n_in))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x, kernel, n_in: int):
+    """`_contract` whose weight gradient is x^T . dy with x^T materialised first on CPU.
+
+    Autodiff leaves the operand order of the weight-gradient matmul to XLA, and XLA:CPU chose to
+    transpose each (larger) output gradient, fused into its producer as a strided write: for
+    SmolLM2's MLP that was 60 fusions and 0.21 s of a 2.4 s DPO step. Transposing the input
+    instead (one small copy per projection) measured the step 8-10% faster. The barrier keeps
+    XLA from folding the transpose back into the dot. Accelerators keep XLA's own choice."""
+    return _contract(x, kernel, n_in)
+
+
+def _project_fwd(x, kernel, n_in):
+    return _contract(x, kernel, n_in), (x, kernel)
+
+
+def _project_bwd(n_in, residuals, dy):
+    x, kernel = residuals
+    n_lead = x.ndim - n_in
+    dx = jax.lax.dot_general(dy, kernel, ((tuple(range(n_lead, dy.ndim)),
+                                           tuple(range(n_in, kernel.ndim))), ((), ())))
+    xt = x.transpose(tuple(range(n_lead, x.ndim)) + tuple(range(n_lead)))  # [*in, *lead]
+    if jax.default_backend() == "cpu":
+        xt = jax.lax.optimization_barrier(xt)
+    dkernel = jax.lax.dot_general(xt, dy, ((tuple(range(n_in, xt.ndim)), tuple(range(n_lead))),
+                                           ((), ())))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class Linear(nnx.Module):
     """y = x . W (+ b) contracting x's trailing `in_shape` dims; W has shape in_shape + out_shape.
 
@@ -88,10 +127,7 @@ class Linear(nnx.Module):
         return names[:len(self.in_shape)], names[len(self.in_shape):]
 
     def __call__(self, x):
-        n_in = len(self.in_shape)
-        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))),
-                                 ((), ())))
+        y = project(x.astype(self.dtype), self.kernel[...].astype(self.dtype), len(self.in_shape))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
