@@ -3,7 +3,7 @@ same token ids, same machine, one invocation. Prints a table and one final JSON 
 
 python benchmarks/compare_trl.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=6 --reference=cached|online [--threads=N] \
-    [--logprobs=chunked|plain] [--layout=packed|rows]
+    [--logprobs=chunked|plain] [--layout=packed|rows] [--heap=release|keep]
 
 Both sides: full fine-tuning in fp32, AdamW (lr 1e-6, grad-norm clip 1.0), sigmoid DPO loss with
 beta 0.5, all `batch` pairs in one optimizer step (no accumulation), no activation
@@ -54,6 +54,9 @@ Memory, each side its own process, in MiB:
   right after the reset: weights, optimizer state and what the runtime keeps between steps.
   step_memory_ratio = JAX step_peak_rss_mb / TRL step_peak_rss_mb; None, with the reason in
   step_peak_note, where clear_refs is not writable.
+- --heap=release (default): both sides hand the heap they freed back to the OS
+  (cwpo_jax.host_memory, glibc's malloc_trim) before the first step and right after it, before
+  the reset, as cwpo_jax's training loop does; --heap=keep: neither side does.
 
 mfu_6n is TRL's FLOP count for both sides (6 N per counted token, 8 N online); the JAX side's mfu
 counts the FLOPs its layout really computes (dpo_step).
@@ -90,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--logprobs", choices=("chunked", "plain"), default="chunked")
     p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--heap", choices=("release", "keep"), default="release",
+                   help="both sides: hand freed heap back to the OS before the first step and "
+                        "after it (dpo_step.py --heap)")
     # Internal: the TRL subprocess gets the HF folder and the token ids from the parent.
     p.add_argument("--side", choices=("both", "trl"), default="both")
     p.add_argument("--checkpoint")
@@ -135,6 +141,8 @@ def trl_side(args) -> dict:
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
+    from cwpo_jax.host_memory import release_freed_heap
+
     torch.set_num_threads(args.threads)
     ids = np.load(args.ids)
     b, p = args.batch, args.prompt_len
@@ -156,11 +164,15 @@ def trl_side(args) -> dict:
             self.window = StepWindow(process_peak=peak_rss_mb)
 
         def on_step_begin(self, *_, **__):
+            if not self.times and args.heap == "release":
+                release_freed_heap()  # after loading and the reference precompute
             self.start = time.perf_counter()
 
         def on_step_end(self, *_, **__):
             self.times.append(time.perf_counter() - self.start)
             if len(self.times) == 1:
+                if args.heap == "release":
+                    release_freed_heap()
                 self.window.open()
             else:  # VmHWM only grows after the reset: the read after the last step counts
                 self.window.close()
@@ -199,7 +211,8 @@ def run_trl(args, checkpoint: str, ids_path: str) -> dict:
                f"--checkpoint={checkpoint}", f"--ids={ids_path}", f"--model={args.model}",
                f"--batch={args.batch}", f"--prompt-len={args.prompt_len}",
                f"--completion-len={args.completion_len}", f"--steps={args.steps}",
-               f"--reference={args.reference}", f"--threads={args.threads}"]
+               f"--reference={args.reference}", f"--threads={args.threads}",
+               f"--heap={args.heap}"]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -237,7 +250,8 @@ def main(argv=None):
                 f"--model={args.model}", f"--batch={args.batch}",
                 f"--prompt-len={args.prompt_len}", f"--completion-len={args.completion_len}",
                 f"--steps={args.steps}", f"--reference={args.reference}",
-                f"--logprobs={args.logprobs}", f"--layout={args.layout}"])
+                f"--logprobs={args.logprobs}", f"--layout={args.layout}",
+                f"--heap={args.heap}"])
         trl_result = run_trl(args, checkpoint, ids_path)
     if trl_result["tokens_per_step"] != tokens:
         raise RuntimeError(f"TRL counted {trl_result['tokens_per_step']} tokens per step, "

@@ -3,7 +3,8 @@ memory. Prints a table and one final JSON line.
 
 python benchmarks/dpo_step.py --model=smollm2|tiny|llama1b|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
-    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat] [--profile=DIR]
+    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat] [--heap=release|keep] \
+    [--profile=DIR]
 
 llama1b: a random ~1.1B Llama-shaped model (TinyLlama's shape) for accelerator runs
 (benchmarks/gpu.sh).
@@ -33,6 +34,8 @@ Memory (host RSS in MiB; on CPU it holds everything, on an accelerator the host 
   after the first step, once its temporaries are unmapped): weights, optimizer state, batch, the
   compiled program, the runtime, and heap that glibc keeps after frees. None, with the reason in
   step_peak_note, where clear_refs is not writable (see process_memory.py).
+  --heap=release (the default) hands freed heap back to the OS after loading and again right
+  after the first step, before the reset, as the training loop does (cwpo_jax.host_memory).
 - xla_*_mb: XLA's own accounting of the compiled step (memory_analysis): its arguments (state,
   frozen weights, batch), outputs, the part of the outputs aliased to donated arguments, and
   temporaries (gradients, activations and every other buffer live within the step).
@@ -63,6 +66,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 
 from cwpo_jax import assets, losses, models, sharding  # noqa: E402
+from cwpo_jax.host_memory import release_freed_heap  # noqa: E402
 from cwpo_jax.data import TokenizedPair, collate_packed_pairs  # noqa: E402
 from cwpo_jax.train import optim, steps, tasks  # noqa: E402
 from cwpo_jax.train.metrics import measure_matmul_peak  # noqa: E402
@@ -190,6 +194,10 @@ def main(argv=None):
     p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     p.add_argument("--remat", action="store_true",
                    help="recompute each layer in the backward pass (less activation memory)")
+    p.add_argument("--heap", choices=("release", "keep"), default="release",
+                   help="release: hand freed heap back to the OS after loading and after the "
+                        "first step, as the training loop does (cwpo_jax.host_memory); keep: "
+                        "leave glibc's heap as it is")
     p.add_argument("--profile", metavar="DIR",
                    help="after the timed steps, trace 3 more with jax.profiler into DIR and "
                         "print where the train step's time goes (benchmarks/op_profile.py)")
@@ -250,6 +258,8 @@ def main(argv=None):
         mesh, state_sh, frozen_sh)
     vocab = model.config.vocab_size
     del model, parts  # the step owns copies; keep one set of weights in memory
+    if args.heap == "release":
+        release_freed_heap()
     host, tokens = make_batch(args.batch, args.prompt_len, args.completion_len, vocab)
     if args.layout == "packed":
         host = pack(host, args.prompt_len)
@@ -263,6 +273,8 @@ def main(argv=None):
     # The CPU runtime unmaps a step's temporaries just after its outputs are ready (~0.1 s for
     # 1 GB): let that finish so resident_before_steps_mb holds what stays between steps.
     time.sleep(0.5)
+    if args.heap == "release":
+        release_freed_heap()
     window = StepWindow()
     window.open()
     times = []

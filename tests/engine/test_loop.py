@@ -125,3 +125,20 @@ def test_metrics_have_throughput_and_lr(uninterrupted):
         assert key in records[0]
     assert 0.0 < records[0]["padding_share"] < 1.0  # length buckets leave some padding
     assert records[0]["learning_rate"] == 0.0 and records[1]["learning_rate"] > 0
+
+
+def test_loop_releases_freed_heap_before_and_after_the_first_step(tmp_path, monkeypatch):
+    events = []
+    shard_batch = sharding.shard_batch
+
+    def recording_shard_batch(*args, **kwargs):
+        events.append("batch")
+        return shard_batch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "release_freed_heap", lambda: events.append("release"))
+    monkeypatch.setattr(sharding, "shard_batch", recording_shard_batch)
+    run(str(tmp_path), 3, save_every=2)
+    assert events == ["release", "batch", "release", "batch", "batch"]
+    events.clear()
+    run(str(tmp_path), 4, save_every=2)  # resumes after step 3: the same two releases
+    assert events == ["release", "batch", "release"]
