@@ -22,6 +22,7 @@ run trl_online_packed python benchmarks/compare_trl.py "${SHAPE[@]}" --reference
 run step_rows_plain python benchmarks/dpo_step.py "${SHAPE[@]}" --layout=rows --logprobs=plain
 run step_packed_lora python benchmarks/dpo_step.py "${SHAPE[@]}" --lora
 run step_packed_remat python benchmarks/dpo_step.py "${SHAPE[@]}" --remat
+run step_packed_scan python benchmarks/dpo_step.py "${SHAPE[@]}" --scan-layers
 # Where the step's time goes, by XLA instruction (trace and HLO kept in $OUT_DIR/profile).
 run step_profile python benchmarks/dpo_step.py "${SHAPE[@]}" --profile="$OUT_DIR/profile"
 # The annotator's scoring pass (JAX vs PyTorch at equal shapes) and the sampler.

@@ -3,8 +3,8 @@ memory. Prints a table and one final JSON line.
 
 python benchmarks/dpo_step.py --model=smollm2|tiny|llama1b|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=8 [--reference=cached|online] [--logprobs=chunked|plain] \
-    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat] [--heap=release|keep] \
-    [--profile=DIR]
+    [--dtype=float32|bfloat16] [--lora] [--layout=packed|rows] [--remat] [--scan-layers] \
+    [--heap=release|keep] [--profile=DIR]
 
 llama1b: a random ~1.1B Llama-shaped model (TinyLlama's shape) for accelerator runs
 (benchmarks/gpu.sh).
@@ -194,6 +194,9 @@ def main(argv=None):
     p.add_argument("--layout", choices=("packed", "rows"), default="packed")
     p.add_argument("--remat", action="store_true",
                    help="recompute each layer in the backward pass (less activation memory)")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="run the decoder layers under one lax.scan (models.stack_layers): one "
+                        "layer compiled instead of every layer unrolled")
     p.add_argument("--heap", choices=("release", "keep"), default="release",
                    help="release: hand freed heap back to the OS after loading and after the "
                         "first step, as the training loop does (cwpo_jax.host_memory); keep: "
@@ -211,6 +214,10 @@ def main(argv=None):
     if args.lora:
         model = models.apply_lora(model, models.LoRAConfig(), rngs=nnx.Rngs(0))
         model.train()
+    if args.scan_layers:
+        models.stack_layers(model)
+        if reference is not None:
+            reference = nnx.split(models.stack_layers(nnx.merge(*reference)))
     from cwpo_jax.stages.common import matmul_params
 
     n = matmul_params(model, lm_head=True)
@@ -266,6 +273,7 @@ def main(argv=None):
     batch = sharding.shard_batch({k: v[None] for k, v in host.items()}, mesh, leading=1)
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()  # one compilation, for both uses
+    compile_only_s = time.perf_counter() - start
     state, metrics = run(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
@@ -297,15 +305,17 @@ def main(argv=None):
         "padded_tokens_per_s": tokens / step_s,  # synthetic batches carry no padding
         "mfu": flops / step_s / peak, "mfu_6n": flops_6n * tokens / step_s / peak,
         "peak_flops": peak,
-        "first_step_s": compile_s, "first_loss": first_loss, "loss": float(metrics["loss"]),
+        "first_step_s": compile_s, "compile_s": compile_only_s, "first_loss": first_loss,
+        "loss": float(metrics["loss"]),
         "peak_rss_mb": window.process_peak_mb, **window.fields(), **xla_memory_mb(compiled),
-        "device": str(jax.devices()[0]), "remat": args.remat, "profile": profile,
+        "device": str(jax.devices()[0]), "remat": args.remat, "scan_layers": args.scan_layers,
+        "profile": profile,
         # Accelerators report their allocator's high-water mark; the CPU client reports none.
         "peak_device_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use",
                                                                       0) / 2**20,
     }
-    for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "first_step_s",
-                "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb", "xla_temp_mb"):
+    for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "compile_s",
+                "first_step_s", "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb", "xla_temp_mb"):
         value = result.get(key)
         print(f"{key:>24}: " + (f"{value:.4g}" if value is not None else
                                f"None ({result.get('step_peak_note') or 'not reported'})"))

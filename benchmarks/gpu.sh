@@ -29,3 +29,5 @@ run packed_cached --layout=packed --reference=cached
 run rows_cached --layout=rows --reference=cached
 run packed_online --layout=packed --reference=online
 run packed_cached_remat --layout=packed --reference=cached --remat
+# Compile time and step time with the 22 layers under one scan instead of unrolled.
+run packed_cached_scan --layout=packed --reference=cached --scan-layers

@@ -28,6 +28,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the stacked-layer axis of scanned layers: each device holds every layer
 )
 
 

@@ -59,6 +59,19 @@ def test_dpo_step_layouts_compute_the_same_loss():
     assert packed["mfu_6n"] > packed["mfu"] and rows["mfu_6n"] == rows["mfu"]
 
 
+def test_dpo_step_scan_layers_computes_the_same_losses():
+    """--scan-layers (one scanned layer body) with an online, stacked reference and LoRA: the
+    same first loss and loss after the updates as the unrolled layers."""
+    common = ["--model=tiny", "--steps=2", "--batch=2", "--prompt-len=8", "--completion-len=4",
+              "--reference=online", "--lora"]
+    unrolled = dpo_step.main(common)
+    scanned = dpo_step.main(common + ["--scan-layers"])
+    assert scanned["scan_layers"] and not unrolled["scan_layers"]
+    for key in ("first_loss", "loss"):
+        assert abs(scanned[key] - unrolled[key]) < 1e-5, key
+    assert 0 < scanned["compile_s"] <= scanned["first_step_s"]
+
+
 def test_llama1b_config_is_about_a_billion_parameters():
     """The accelerator benchmark's model, built abstractly (no weights allocated)."""
     from flax import nnx

@@ -7,6 +7,7 @@ Public entry points (see docs/models.md):
   save_pretrained(model, path)                  -> HF config.json + model.safetensors
   logical_axes(model)                           -> logical axis names per nnx.Param
   generate(model, ids, mask, key=..., ...)      -> jitted KV-cache sampling
+  stack_layers(model) / unstack_layers(model)   -> scan over layers (Llama family) and back
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from cwpo_jax.models.lora import (
 from cwpo_jax.models.opt import OPTConfig, OPTForCausalLM
 from cwpo_jax.models.reward import RewardModel
 from cwpo_jax.models.sampling import Generation, generate, sample_logits
+from cwpo_jax.models.stacking import StackedLayers, is_stacked, stack_layers, unstack_layers
 from cwpo_jax.models.tokenizer import load_tokenizer
 
 __all__ = [
@@ -44,10 +46,12 @@ __all__ = [
     "OPTConfig",
     "OPTForCausalLM",
     "RewardModel",
+    "StackedLayers",
     "apply_lora",
     "from_pretrained",
     "generate",
     "has_lora",
+    "is_stacked",
     "load_tokenizer",
     "logical_axes",
     "merge_lora",
@@ -55,7 +59,9 @@ __all__ = [
     "reward_model_from_pretrained",
     "sample_logits",
     "save_pretrained",
+    "stack_layers",
     "trainable_filter",
+    "unstack_layers",
 ]
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
@@ -103,7 +109,12 @@ def reward_model_from_pretrained(path, *, dtype="float32", param_dtype=None, see
 
 
 def save_pretrained(model, path, *, tokenizer=None) -> None:
-    """HF-format export (LoRA merged first); `tokenizer.save_pretrained` too when given."""
+    """HF-format export (stacked layers split back and LoRA merged first, on a copy);
+    `tokenizer.save_pretrained` too when given."""
+    if is_stacked(model):
+        from flax import nnx
+
+        model = unstack_layers(nnx.clone(model))
     if has_lora(model):
         model = merge_lora(model)
     save_hf(model, os.fspath(path))

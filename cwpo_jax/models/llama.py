@@ -11,6 +11,7 @@ from typing import Any
 from flax import nnx
 
 from cwpo_jax.models import layers
+from cwpo_jax.models.stacking import StackedLayers
 from cwpo_jax.models.base import CausalLM, default_mask
 
 LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -234,6 +235,11 @@ class LlamaForCausalLM(CausalLM):
         inv_freq = layers.rope_inv_freq(self.config.head_dim, self.config.rope_theta,
                                         self.config.rope_scaling_dict)
         x = self.embed_tokens(input_ids)
+        stacked = isinstance(self.layers, StackedLayers)
+        if cache is None and stacked:
+            x = self.layers(x, remat=self.config.remat, positions=positions, kv_valid=kv_valid,
+                            inv_freq=inv_freq)
+            return self.norm(x), None
         if cache is None:
             def run(layer, x, positions, kv_valid):
                 return layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
@@ -244,7 +250,11 @@ class LlamaForCausalLM(CausalLM):
                 x = run(layer, x, positions, kv_valid)
             return self.norm(x), None
         new_cache = []
-        for i, layer in enumerate(self.layers):
+        # Sampling with stacked layers slices each layer out: decode steps are short and the
+        # cache stays a per-layer list either way.
+        per_layer = ([self.layers.layer_at(i) for i in range(self.layers.num_layers)]
+                     if stacked else self.layers)
+        for i, layer in enumerate(per_layer):
             x, c = layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
                          cache=cache[i], cache_index=cache_index)
             new_cache.append(c)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cwpo_jax.models import layers
+from cwpo_jax.models.stacking import is_stacked
 
 LORA_FILTER = nnx.LoRAParam  # trainable-only filter when adapters are present
 
@@ -91,6 +92,9 @@ def _set(model, path, value):
 
 def apply_lora(model: nnx.Module, cfg: LoRAConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """Add adapters in place to every Linear whose attribute name is in cfg.targets."""
+    if is_stacked(model):
+        raise ValueError("apply_lora: the model's layers are stacked; add adapters before "
+                         "stack_layers (or after unstack_layers)")
     found = [(p, m) for p, m in _targets(model, layers.Linear, set(cfg.targets))
              if not isinstance(m, LoRALinear)]
     if not found:

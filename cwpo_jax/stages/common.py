@@ -199,8 +199,10 @@ def total_steps(train_cfg, num_items: int) -> int:
 def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, train_cfg, cfg,
         workdir: str, name: str, trainable=nnx.Param, flops_per_token: float = 0.0):
     """Train `model` on `task` over the items behind (lengths, collate); resumes from
-    workdir/ckpt. Returns the trained model (LoRA still separate)."""
+    workdir/ckpt. Returns the trained model (LoRA still separate, layers unstacked)."""
     mesh = mesh_for(cfg)
+    if train_cfg.scan_layers:
+        model = models.stack_layers(model)
     num_steps = total_steps(train_cfg, len(lengths))
     micro = train_cfg.micro_batches
     optimizer, schedule = optim.make_optimizer(
@@ -229,7 +231,8 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
     finally:
         logger.close()
         checkpointer.close()
-    return nnx.merge(parts.graphdef, state.params, frozen, state.mutable)
+    trained = nnx.merge(parts.graphdef, state.params, frozen, state.mutable)
+    return models.unstack_layers(trained) if train_cfg.scan_layers else trained
 
 
 # ------------------------------------------------------------------------------- passes

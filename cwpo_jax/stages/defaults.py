@@ -18,6 +18,7 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     c.epochs = 1.0
     c.max_steps = 0  # > 0 caps the number of steps
     c.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
+    c.scan_layers = False  # Llama family: layers under one lax.scan (one layer compiled, not L)
     c.log_every = 10
     c.save_every = 500
     c.keep_checkpoints = 2

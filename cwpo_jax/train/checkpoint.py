@@ -226,7 +226,7 @@ class Checkpointer:
             missing = sorted(set(template_flat) - set(stored))
             if missing:
                 raise ValueError(f"checkpoint {where} lacks {missing[:5]}; it was written for a "
-                                 "different model or optimizer")
+                                 "different model, optimizer or layer layout (train.scan_layers)")
             for key, like in abstract.items():
                 shape = getattr(stored[key], "shape", None)
                 if shape is not None and tuple(shape) != tuple(like.shape):

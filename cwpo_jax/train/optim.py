@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import optax
+from flax import nnx
 
 
 def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_steps: int = 0,
@@ -25,8 +26,16 @@ def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_ste
 
 
 def decay_mask(params):
-    """Weight decay on matrices only (not on biases, norm scales or other vectors)."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """Weight decay on matrices only (not on biases, norm scales or other vectors). A leading
+    stacked-layer axis (logical name "layers", models.stacking) is not a matrix dimension."""
+    def is_matrix(leaf):
+        ndim = len(leaf.shape)
+        if isinstance(leaf, nnx.Variable):
+            axes = leaf.get_metadata().get("out_sharding") or ()
+            ndim -= int(bool(axes) and axes[0] == "layers")
+        return ndim >= 2
+
+    return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(*, learning_rate: float, total_steps: int, warmup_steps: int = 0,

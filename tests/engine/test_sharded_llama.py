@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from cwpo_jax import losses, models, sharding
 from cwpo_jax.stages import common, prepare
@@ -26,8 +27,10 @@ def tiny_llama_dir(tmp_path_factory):
     return str(d / "m")
 
 
-def one_step(model_dir, mesh, compute_dtype=None, optimizer=None):
+def one_step(model_dir, mesh, compute_dtype=None, optimizer=None, scan_layers=False):
     model = models.from_pretrained(model_dir)
+    if scan_layers:
+        models.stack_layers(model)
     parts = split_model(model)
     if optimizer is None:
         optimizer, _ = optim.make_optimizer(learning_rate=1e-2, total_steps=4)
@@ -58,6 +61,24 @@ def test_sharded_llama_step_equals_single_device(tiny_llama_dir, shape):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
     assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs), specs
+
+
+def test_sharded_scanned_layers_equal_unrolled_single_device(tiny_llama_dir):
+    sgd = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
+    ref_state, ref = one_step(tiny_llama_dir, sharding.make_mesh(1, 1, 1,
+                                                                 devices=jax.devices()[:1]),
+                              optimizer=sgd)
+    state, got = one_step(tiny_llama_dir, sharding.make_mesh(2, 2, 2), optimizer=sgd,
+                          scan_layers=True)
+    for key in ("loss", "grad_norm", "reward_margin"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=5e-5, atol=1e-6, err_msg=key)
+    ref_params, params = nnx.to_pure_dict(ref_state.params), nnx.to_pure_dict(state.params)
+    for i, layer in ref_params["layers"].items():
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], b, rtol=1e-5,
+                                                             atol=1e-6),
+                     params["layers"]["layer"], layer)
+    kernel = state.params["layers"]["layer"]["mlp"]["up_proj"]["kernel"]
+    assert kernel.sharding.spec == sharding.P(None, "fsdp", "tensor")  # layer axis unsharded
 
 
 def test_bf16_compute_keeps_fp32_master_params(tiny_llama_dir):

@@ -170,3 +170,61 @@ def test_crash_between_output_and_done_marker_reruns_to_the_same_model(first_run
     assert read_bytes(model) == before
     assert len(read_metrics(common.path(cfg, "annotator", "metrics.jsonl"))) == n_records
     assert json.loads(read_bytes(marker)) == json.loads(saved_marker)
+
+
+def _align_copy(first_run, directory, *, scan_layers):
+    """A copy of first_run's outputs up to sft, set to align with or without scanned layers."""
+    shutil.copytree(first_run.output_dir, directory,
+                    ignore=lambda d, names: ["align"] if d == first_run.output_dir else [])
+    cfg = tiny_config(directory)
+    cfg.align.train.scan_layers = scan_layers
+    scores = common.path(cfg, "score", "scores.jsonl")  # its header names the annotator's path
+    with open(scores) as f:
+        header, rest = json.loads(f.readline()), f.read()
+    header["annotator"]["path"] = common.path(cfg, "annotator", "model")
+    with open(scores, "w") as f:
+        f.write(json.dumps(header) + "\n" + rest)
+    return cfg
+
+
+def _safetensors(path):
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_align_with_scan_layers_resumes_and_matches_unrolled(first_run, tmp_path, monkeypatch,
+                                                             capfd):
+    """align.train.scan_layers: the same losses and exported model as the unrolled layers, and a
+    stacked checkpoint resumes after a failed step."""
+    plain = _align_copy(first_run, tmp_path / "plain", scan_layers=False)
+    scanned = _align_copy(first_run, tmp_path / "scanned", scan_layers=True)
+    expected = align.run_method(plain, "weak_confidence")
+
+    real, calls = align.collate_packed_pairs, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        if "swap" in kwargs:
+            calls["n"] += 1
+            if calls["n"] in (7, 8):  # step 4 of the stacked run fails; checkpoint 2 remains
+                batch["weights"] = np.full_like(batch["weights"], np.nan)
+        return batch
+
+    monkeypatch.setattr(align, "collate_packed_pairs", poisoned)
+    with pytest.raises(NonFiniteError):
+        align.run_method(scanned, "weak_confidence")
+    monkeypatch.undo()
+    capfd.readouterr()
+    got = align.run_method(scanned, "weak_confidence")
+    assert "resumed from" in capfd.readouterr().err
+
+    stage = "align/weak_confidence"
+    want_losses = [r["loss"] for r in read_metrics(common.path(plain, stage, "metrics.jsonl"))]
+    got_losses = [r["loss"] for r in read_metrics(common.path(scanned, stage, "metrics.jsonl"))]
+    assert len(got_losses) >= len(want_losses) > 3
+    np.testing.assert_allclose(got_losses[-len(want_losses):], want_losses, rtol=1e-4)
+    want, have = _safetensors(expected["policy"]), _safetensors(got["policy"])
+    assert sorted(have) == sorted(want) and any(".layers.1." in k for k in have)
+    for name in want:
+        np.testing.assert_allclose(have[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)

@@ -1,0 +1,110 @@
+"""Scan over layers: a decoder's identical layers held as one layer with stacked Variables.
+
+`stack_layers(model)` replaces `model.layers` (an `nnx.List` of layers with one structure) by a
+`StackedLayers` whose Variables carry a leading layer axis; the forward pass then runs the layer
+body once under `jax.lax.scan`, so XLA compiles one layer instead of L unrolled copies (compile
+time and program size stop growing with depth). `unstack_layers` restores the per-layer list,
+so HF export, LoRA merging and checkpoints in HF layout see the usual paths. Stacked Variables
+get the logical axis "layers" in front of their own: never sharded (sharding.RULES), and not
+counted as a matrix dimension by the optimizer's weight-decay mask (train.optim.decay_mask).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+SHARDING_KEY = "out_sharding"
+LAYER_AXIS = "layers"
+
+
+class StackedLayers(nnx.Module):
+    """L layers of one structure as a single template layer whose Variables are [L, ...]."""
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("stack_layers: the model has no layers to stack")
+        graphdef, first = nnx.split(layers[0])
+        states = [first]
+        for i, layer in enumerate(layers[1:], start=1):
+            g, s = nnx.split(layer)
+            if g != graphdef:
+                raise ValueError(
+                    f"stack_layers: layer {i} differs in structure from layer 0 (e.g. a "
+                    "per-layer sliding window or adapter); only identical layers can be scanned")
+            states.append(s)
+        self.num_layers = len(layers)
+        stacked = jax.tree.map(_stack_variable, *states,
+                               is_leaf=lambda x: isinstance(x, nnx.Variable))
+        self.layer = nnx.merge(graphdef, stacked)
+
+    def __call__(self, x, *, remat: bool = False, **kwargs):
+        """x -> x after every layer in order; `kwargs` go to each layer's call (no cache)."""
+        graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
+
+        def body(x, layer_state):
+            layer = nnx.merge(graphdef, *layer_state)
+            y = layer(x, cache=None, cache_index=None, **kwargs)[0]
+            # Only non-parameter state (dropout RNG counters) can change; carry it out.
+            return y, nnx.state(layer, nnx.Not(nnx.Param))
+
+        if remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        x, new_rest = jax.lax.scan(body, x, (params, rest))
+        nnx.update(self.layer, new_rest)
+        return x
+
+    def layer_at(self, i: int):
+        """Layer i as its own module (a slice of the stacked Variables)."""
+        graphdef, state = nnx.split(self.layer)
+        return nnx.merge(graphdef, _slice_state(state, i))
+
+
+def _stack_variable(*variables):
+    first = variables[0]
+    value = jnp.stack([v.get_value() for v in variables])
+    if first.has_metadata(SHARDING_KEY):
+        return first.replace(value, **{SHARDING_KEY: (LAYER_AXIS, *first.get_metadata(SHARDING_KEY))})
+    return first.replace(value)
+
+
+def _slice_state(state, i: int):
+    def one(v):
+        if v.has_metadata(SHARDING_KEY):
+            return v.replace(v.get_value()[i], **{SHARDING_KEY: v.get_metadata(SHARDING_KEY)[1:]})
+        return v.replace(v.get_value()[i])
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _decoders(model: nnx.Module):
+    """Every module in `model` (itself included) that can run its layers stacked."""
+    from cwpo_jax.models.llama import LlamaForCausalLM
+
+    return [node for _, node in nnx.iter_graph(model) if isinstance(node, LlamaForCausalLM)]
+
+
+def is_stacked(model: nnx.Module) -> bool:
+    return any(isinstance(d.layers, StackedLayers) for d in _decoders(model))
+
+
+def stack_layers(model: nnx.Module) -> nnx.Module:
+    """In place: every Llama-family decoder in `model` runs its layers under one scan."""
+    decoders = _decoders(model)
+    if not decoders:
+        raise ValueError(f"stack_layers: {type(model).__name__} has no Llama-family decoder; "
+                         "scanning over layers is built for LlamaForCausalLM (and models "
+                         "wrapping one)")
+    for decoder in decoders:
+        if not isinstance(decoder.layers, StackedLayers):
+            decoder.layers = StackedLayers(decoder.layers)
+    return model
+
+
+def unstack_layers(model: nnx.Module) -> nnx.Module:
+    """In place: the inverse of `stack_layers` (per-layer modules, HF parameter paths)."""
+    for decoder in _decoders(model):
+        if isinstance(decoder.layers, StackedLayers):
+            stacked = decoder.layers
+            decoder.layers = nnx.List([stacked.layer_at(i) for i in range(stacked.num_layers)])
+    return model
