@@ -16,6 +16,8 @@ run() {  # name, command...
 SHAPE=(--model=smollm2 --batch=4 --prompt-len=32 --completion-len=32 --steps=6)
 # The DPO step side by side with TRL: same weights, ids, batch, lengths, fp32, threads.
 run trl_cached_rows python benchmarks/compare_trl.py "${SHAPE[@]}" --reference=cached --layout=rows
+run trl_cached_rows_plain python benchmarks/compare_trl.py "${SHAPE[@]}" --reference=cached \
+    --layout=rows --logprobs=plain
 run trl_cached_packed python benchmarks/compare_trl.py "${SHAPE[@]}" --reference=cached --layout=packed
 run trl_online_packed python benchmarks/compare_trl.py "${SHAPE[@]}" --reference=online --layout=packed
 # Log-prob memory and the remaining variants of the JAX step alone.
