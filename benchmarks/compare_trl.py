@@ -3,7 +3,7 @@ same token ids, same machine, one invocation. Prints a table and one final JSON 
 
 python benchmarks/compare_trl.py --model=smollm2|tiny|PATH --batch=4 --prompt-len=32 \
     --completion-len=32 --steps=6 --reference=cached|online [--threads=N] \
-    [--logprobs=chunked|plain] [--layout=packed|rows] [--heap=release|keep]
+    [--logprobs=chunked|plain] [--layout=packed|rows] [--heap=release|keep] [--scan-layers]
 
 Both sides: full fine-tuning in fp32, AdamW (lr 1e-6, grad-norm clip 1.0), sigmoid DPO loss with
 beta 0.5, all `batch` pairs in one optimizer step (no accumulation), no activation
@@ -97,6 +97,8 @@ def parse_args(argv=None):
                    help="both sides: hand freed heap back to the OS before the first step and "
                         "after it (dpo_step.py --heap)")
     # Internal: the TRL subprocess gets the HF folder and the token ids from the parent.
+    p.add_argument("--scan-layers", action="store_true",
+                   help="JAX side only: layers under one lax.scan (dpo_step.py --scan-layers)")
     p.add_argument("--side", choices=("both", "trl"), default="both")
     p.add_argument("--checkpoint")
     p.add_argument("--ids")
@@ -251,7 +253,7 @@ def main(argv=None):
                 f"--prompt-len={args.prompt_len}", f"--completion-len={args.completion_len}",
                 f"--steps={args.steps}", f"--reference={args.reference}",
                 f"--logprobs={args.logprobs}", f"--layout={args.layout}",
-                f"--heap={args.heap}"])
+                f"--heap={args.heap}"] + (["--scan-layers"] if args.scan_layers else []))
         trl_result = run_trl(args, checkpoint, ids_path)
     if trl_result["tokens_per_step"] != tokens:
         raise RuntimeError(f"TRL counted {trl_result['tokens_per_step']} tokens per step, "
@@ -260,7 +262,7 @@ def main(argv=None):
     trl_result["mfu_6n"] = flops_per_token * trl_result["tokens_per_s"] / jax_result["peak_flops"]
     jax_keys = ("step_s", "tokens_per_s", "first_step_s", "mfu", "mfu_6n", "peak_rss_mb",
                 "step_peak_rss_mb", "resident_before_steps_mb", "step_peak_note", "xla_temp_mb",
-                "first_loss", "loss", "matmul_params", "peak_flops")
+                "first_loss", "loss", "matmul_params", "peak_flops", "compile_s", "scan_layers")
     result = {
         "model": args.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "reference": args.reference,

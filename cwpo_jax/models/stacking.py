@@ -49,8 +49,12 @@ class StackedLayers(nnx.Module):
             # Only non-parameter state (dropout RNG counters) can change; carry it out.
             return y, nnx.state(layer, nnx.Not(nnx.Param))
 
-        if remat:
-            body = jax.checkpoint(body, prevent_cse=False)
+        # Saving every residual of the body, XLA copied each stacked residual after the forward
+        # loop (SmolLM2: +467 MiB of temporaries against unrolled layers). Saving only the
+        # matmul outputs and recomputing the elementwise ops in the backward pass avoids that
+        # (BENCHMARKS.md, scan over layers). remat=True saves nothing: the whole body reruns.
+        policy = None if remat else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        body = jax.checkpoint(body, prevent_cse=False, policy=policy)
         x, new_rest = jax.lax.scan(body, x, (params, rest))
         nnx.update(self.layer, new_rest)
         return x

@@ -39,6 +39,16 @@ def test_stacked_logits_equal_transformers(family):
     np.testing.assert_allclose(out[real], g["logits"][real], atol=ATOL, rtol=0)
 
 
+def test_stacked_reward_model_matches_sequence_classification():
+    from cwpo_jax.models import reward_model_from_pretrained
+
+    g = golden("llama_rm_golden")
+    rm = stack_layers(reward_model_from_pretrained(fixture_dir("llama_rm")))
+    assert is_stacked(rm)
+    scores = np.asarray(rm(jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])))
+    np.testing.assert_allclose(scores, g["rewards"], atol=ATOL, rtol=0)
+
+
 def _loss(model, ids, mask):
     logp = jax.nn.log_softmax(model(ids, mask), axis=-1)
     picked = jnp.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
