@@ -315,7 +315,8 @@ def main(argv=None):
                                                                       0) / 2**20,
     }
     for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "compile_s",
-                "first_step_s", "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb", "xla_temp_mb"):
+                "first_step_s", "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb",
+                "xla_temp_mb"):
         value = result.get(key)
         print(f"{key:>24}: " + (f"{value:.4g}" if value is not None else
                                f"None ({result.get('step_peak_note') or 'not reported'})"))

@@ -16,6 +16,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+LAYER_AXIS = "layers"  # logical name of the leading axis of stacked (scanned) layers
 BATCH_AXES = ("data", "fsdp")
 
 # Logical parameter axis -> mesh axis. FSDP shards the embedding dimension of every matrix;
@@ -28,7 +29,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("norm", None),
-    ("layers", None),  # the stacked-layer axis of scanned layers: each device holds every layer
+    (LAYER_AXIS, None),  # scanned layers' stacked axis: each device holds every layer
 )
 
 

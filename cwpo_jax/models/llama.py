@@ -252,8 +252,7 @@ class LlamaForCausalLM(CausalLM):
         new_cache = []
         # Sampling with stacked layers slices each layer out: decode steps are short and the
         # cache stays a per-layer list either way.
-        per_layer = ([self.layers.layer_at(i) for i in range(self.layers.num_layers)]
-                     if stacked else self.layers)
+        per_layer = self.layers.unstacked() if stacked else self.layers
         for i, layer in enumerate(per_layer):
             x, c = layer(x, positions=positions, kv_valid=kv_valid, inv_freq=inv_freq,
                          cache=cache[i], cache_index=cache_index)

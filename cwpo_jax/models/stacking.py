@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cwpo_jax.sharding import LAYER_AXIS
+
 SHARDING_KEY = "out_sharding"
-LAYER_AXIS = "layers"
 
 
 class StackedLayers(nnx.Module):
@@ -59,26 +60,29 @@ class StackedLayers(nnx.Module):
         nnx.update(self.layer, new_rest)
         return x
 
-    def layer_at(self, i: int):
-        """Layer i as its own module (a slice of the stacked Variables)."""
+    def unstacked(self) -> list:
+        """The L layers as their own modules (slices of the stacked Variables)."""
         graphdef, state = nnx.split(self.layer)
-        return nnx.merge(graphdef, _slice_state(state, i))
+        return [nnx.merge(graphdef, _map_variables(state, lambda a: a[i], lambda ax: ax[1:]))
+                for i in range(self.num_layers)]
 
 
 def _stack_variable(*variables):
-    first = variables[0]
     value = jnp.stack([v.get_value() for v in variables])
-    if first.has_metadata(SHARDING_KEY):
-        return first.replace(value, **{SHARDING_KEY: (LAYER_AXIS, *first.get_metadata(SHARDING_KEY))})
-    return first.replace(value)
+    return _rewrap(variables[0], value, lambda axes: (LAYER_AXIS, *axes))
 
 
-def _slice_state(state, i: int):
-    def one(v):
-        if v.has_metadata(SHARDING_KEY):
-            return v.replace(v.get_value()[i], **{SHARDING_KEY: v.get_metadata(SHARDING_KEY)[1:]})
-        return v.replace(v.get_value()[i])
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def _map_variables(state, value_fn, axes_fn):
+    return jax.tree.map(lambda v: _rewrap(v, value_fn(v.get_value()), axes_fn), state,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _rewrap(variable, value, axes_fn):
+    """`variable` holding `value`, its logical axes (when it has any) passed through axes_fn."""
+    if variable.has_metadata(SHARDING_KEY):
+        return variable.replace(value, **{SHARDING_KEY: axes_fn(
+            variable.get_metadata(SHARDING_KEY))})
+    return variable.replace(value)
 
 
 def _decoders(model: nnx.Module):
@@ -109,6 +113,5 @@ def unstack_layers(model: nnx.Module) -> nnx.Module:
     """In place: the inverse of `stack_layers` (per-layer modules, HF parameter paths)."""
     for decoder in _decoders(model):
         if isinstance(decoder.layers, StackedLayers):
-            stacked = decoder.layers
-            decoder.layers = nnx.List([stacked.layer_at(i) for i in range(stacked.num_layers)])
+            decoder.layers = nnx.List(decoder.layers.unstacked())
     return model

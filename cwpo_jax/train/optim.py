@@ -5,6 +5,8 @@ import jax
 import optax
 from flax import nnx
 
+from cwpo_jax.sharding import LAYER_AXIS
+
 
 def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_steps: int = 0,
                            schedule: str = "cosine") -> optax.Schedule:
@@ -32,7 +34,7 @@ def decay_mask(params):
         ndim = len(leaf.shape)
         if isinstance(leaf, nnx.Variable):
             axes = leaf.get_metadata().get("out_sharding") or ()
-            ndim -= int(bool(axes) and axes[0] == "layers")
+            ndim -= int(bool(axes) and axes[0] == LAYER_AXIS)
         return ndim >= 2
 
     return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
