@@ -62,7 +62,7 @@ def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransform
         grads, numerator, denominator, mutable, metrics = accumulate(state, frozen, batch)
         denominator = jnp.where(denominator > 0, denominator, 1.0)
         loss = numerator / denominator
-        grad_norm = optax.global_norm(grads) / denominator
+        grad_norm = optax.tree.norm(grads) / denominator
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(state):

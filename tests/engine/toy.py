@@ -7,7 +7,7 @@ from flax import nnx
 
 def _param(rngs, shape, names, scale=0.5):
     value = jax.random.normal(rngs.params(), shape) * scale / np.sqrt(shape[0])
-    return nnx.Param(value, sharding_names=names, eager_sharding=False)
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
 class ToyLM(nnx.Module):
@@ -16,7 +16,7 @@ class ToyLM(nnx.Module):
         self.w_in = _param(rngs, (dim, mlp), ("embed", "mlp"))
         self.w_out = _param(rngs, (mlp, dim), ("mlp", "embed"))
         self.head = _param(rngs, (dim, vocab), ("embed", "vocab"))
-        self.norm = nnx.Param(jnp.ones((dim,)), sharding_names=("norm",), eager_sharding=False)
+        self.norm = nnx.Param(jnp.ones((dim,)), out_sharding=("norm",), eager_sharding=False)
 
     def hidden_states(self, input_ids, attention_mask=None):
         x = self.embed[...][input_ids]
