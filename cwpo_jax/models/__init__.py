@@ -75,6 +75,9 @@ def resolve_path(path: str) -> str:
         return path
     if path.endswith(".gguf"):
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
+        # A hub id is "owner/name": this one names a local folder that is not there.
+        raise FileNotFoundError(f"model directory not found: {path}")
     from huggingface_hub import snapshot_download
 
     local = snapshot_download(repo_id=path, allow_patterns=_HUB_PATTERNS)

@@ -120,6 +120,10 @@ def test_missing_path_without_hub_fails_loudly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         from_pretrained(str(tmp_path / "empty"))
+    # A local-looking path never goes to the hub (whose error would be about repo ids).
+    for missing in (str(tmp_path / "gone"), "./gone", "runs/a/model"):
+        with pytest.raises(FileNotFoundError, match="model directory not found: " + missing):
+            from_pretrained(missing)
 
 
 def test_hub_id_goes_through_snapshot_download(monkeypatch):
