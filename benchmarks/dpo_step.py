@@ -206,7 +206,7 @@ def main(argv=None):
                         "print where the train step's time goes (benchmarks/op_profile.py)")
     args = p.parse_args(argv)
 
-    peak = measure_matmul_peak(2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    peak = measure_matmul_peak(dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     model = load_model(args.model, args.dtype, remat=args.remat)
     reference = None
     if args.reference == "online":

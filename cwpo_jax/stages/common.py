@@ -58,8 +58,14 @@ def mesh_for(cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def peak_flops() -> float:
-    return measure_matmul_peak()
+def device_peak_flops(dtype: str) -> float:
+    """One device's matmul FLOP/s in the compute dtype, measured once per process."""
+    return measure_matmul_peak(dtype=jnp.dtype(dtype))
+
+
+def mesh_peak_flops(mesh, compute_dtype: str) -> float:
+    """The MFU denominator of a step sharded over `mesh`: every device's peak in that dtype."""
+    return device_peak_flops(compute_dtype) * mesh.devices.size
 
 
 # ------------------------------------------------------------------------------- models
@@ -227,7 +233,7 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
             config=loop.LoopConfig(num_steps=num_steps, log_every=train_cfg.log_every,
                                    save_every=train_cfg.save_every, name=name),
             checkpointer=checkpointer, logger=logger, flops_per_token=flops_per_token,
-            peak_flops=peak_flops() if flops_per_token else 0.0)
+            peak_flops=mesh_peak_flops(mesh, train_cfg.compute_dtype) if flops_per_token else 0.0)
     finally:
         logger.close()
         checkpointer.close()
