@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
 # The accelerator check of BENCHMARKS.md: bf16 DPO train steps of a random ~1.1B Llama-shaped
 # model (dpo_step.py --model=llama1b) on one GPU, MFU against a bf16 matmul peak measured in the
-# same process, and the device allocator's peak memory. One JSON line per variant in $OUT_DIR.
+# same process, and the device allocator's peak memory. Three files in $OUT_DIR: versions.txt,
+# results.jsonl (one JSON line per variant, with its name) and log.txt (every run's output).
 #
-#   bash benchmarks/gpu.sh                  # on a GPU host with jax[cuda12] installed
-#   MODEL=tiny STEPS=2 bash benchmarks/gpu.sh   # the same script as a CPU dry run
+#   bash benchmarks/gpu.sh                      # on a GPU host with jax[cuda] installed
+#   MODEL=tiny STEPS=1 bash benchmarks/gpu.sh   # the same script as a CPU dry run
+#   PYTHON=python bash benchmarks/gpu.sh        # another interpreter (default: python3)
 #
 # Sizes: 8 pairs of 256 prompt + 256 completion tokens per step (8 x 768 packed tokens), full
 # fine-tuning, AdamW with fp32 master weights and moments (1.1B x 16 bytes = 17.6 GB).
+# BATCH, PROMPT_LEN and COMPLETION_LEN override them (the tests' dry run uses small ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-llama1b}
 STEPS=${STEPS:-6}
+BATCH=${BATCH:-8}
+PROMPT_LEN=${PROMPT_LEN:-256}
+COMPLETION_LEN=${COMPLETION_LEN:-256}
 OUT_DIR=${OUT_DIR:-${OUT:-runs/gpu_bench}}
+PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
-python - <<'EOF'
-import jax
+LOG=$OUT_DIR/log.txt
+RESULTS=$OUT_DIR/results.jsonl
+: > "$LOG"
+: > "$RESULTS"
+"$PYTHON" - <<'PY' | tee "$OUT_DIR/versions.txt"
+import flax, jax, optax, orbax.checkpoint, transformers
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "orbax", orbax.checkpoint.__version__, "transformers", transformers.__version__)
 print("devices:", jax.devices())
-EOF
-run() {  # name, extra flags
-    local name=$1; shift
-    python benchmarks/dpo_step.py --model="$MODEL" --dtype=bfloat16 --batch=8 \
-        --prompt-len=256 --completion-len=256 --steps="$STEPS" --logprobs=chunked \
-        --chunk-size=256 "$@" 2>&1 | tee "$OUT_DIR/$name.log" | tail -1 > "$OUT_DIR/$name.json"
-    echo "$name: $(cat "$OUT_DIR/$name.json")"
+PY
+run() {  # name, extra flags; the run's last line is dpo_step's JSON
+    local name=$1 line
+    shift
+    echo "== $name" >> "$LOG"
+    line=$("$PYTHON" benchmarks/dpo_step.py --model="$MODEL" --dtype=bfloat16 --batch="$BATCH" \
+        --prompt-len="$PROMPT_LEN" --completion-len="$COMPLETION_LEN" --steps="$STEPS" \
+        --logprobs=chunked --chunk-size="$COMPLETION_LEN" "$@" 2>&1 | tee -a "$LOG" | tail -1)
+    echo "{\"variant\": \"$name\", ${line#\{}" | tee -a "$RESULTS"
 }
 run packed_cached --layout=packed --reference=cached
 run rows_cached --layout=rows --reference=cached

@@ -79,3 +79,37 @@ def test_llama1b_config_is_about_a_billion_parameters():
     model = nnx.eval_shape(lambda: dpo_step.load_model("llama1b", "bfloat16"))
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert 1.0e9 < n < 1.2e9, n
+
+
+def test_gpu_script_dry_run_reports_every_variant(tmp_path):
+    """benchmarks/gpu.sh on CPU with the tiny model: one named JSON line per variant, the
+    library versions, and a log, in at most the 8 files a device run can bring back."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MODEL="tiny", STEPS="1", BATCH="2", PROMPT_LEN="8",
+               COMPLETION_LEN="4", OUT_DIR=str(tmp_path), PYTHON=sys.executable)
+    subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], env=env, check=True,
+                   capture_output=True, timeout=600)
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "results.jsonl", "versions.txt"]
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in results] == [
+        "packed_cached", "rows_cached", "packed_online", "packed_cached_remat",
+        "packed_cached_scan"]
+    assert all(r["dtype"] == "bfloat16" and r["mfu"] > 0 for r in results)
+    assert results[-1]["scan_layers"] and results[-2]["remat"]
+    assert (tmp_path / "versions.txt").read_text().startswith("jax ")
+
+
+def test_gpu_script_stops_on_a_failing_variant(tmp_path):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MODEL=str(tmp_path / "no_model"), STEPS="1", OUT_DIR=str(tmp_path),
+               PYTHON=sys.executable)
+    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], env=env,
+                          capture_output=True, timeout=600)
+    assert done.returncode != 0
+    assert (tmp_path / "results.jsonl").read_text() == ""
+    assert "model directory not found" in (tmp_path / "log.txt").read_text()
