@@ -1,9 +1,12 @@
 """The DPO-step benchmark runs end to end on the tiny model and reports every promised field."""
+import json
 import os
+import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.sh")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import dpo_step  # noqa: E402
 import jax  # noqa: E402
@@ -84,14 +87,9 @@ def test_llama1b_config_is_about_a_billion_parameters():
 def test_gpu_script_dry_run_reports_every_variant(tmp_path):
     """benchmarks/gpu.sh on CPU with the tiny model: one named JSON line per variant, the
     library versions, and a log, in at most the 8 files a device run can bring back."""
-    import json
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MODEL="tiny", STEPS="1", BATCH="2", PROMPT_LEN="8",
                COMPLETION_LEN="4", OUT_DIR=str(tmp_path), PYTHON=sys.executable)
-    subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(["bash", GPU_SCRIPT], env=env, check=True, capture_output=True, timeout=600)
     assert sorted(os.listdir(tmp_path)) == ["log.txt", "results.jsonl", "versions.txt"]
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in results] == [
@@ -103,13 +101,9 @@ def test_gpu_script_dry_run_reports_every_variant(tmp_path):
 
 
 def test_gpu_script_stops_on_a_failing_variant(tmp_path):
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MODEL=str(tmp_path / "no_model"), STEPS="1", OUT_DIR=str(tmp_path),
                PYTHON=sys.executable)
-    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], env=env,
-                          capture_output=True, timeout=600)
+    done = subprocess.run(["bash", GPU_SCRIPT], env=env, capture_output=True, timeout=600)
     assert done.returncode != 0
     assert (tmp_path / "results.jsonl").read_text() == ""
     assert "model directory not found" in (tmp_path / "log.txt").read_text()
