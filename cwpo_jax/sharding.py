@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LAYER_AXIS = "layers"  # logical name of the leading axis of stacked (scanned) layers
+AXES_KEY = "out_sharding"  # the nnx.Variable metadata that holds its logical axis names
 BATCH_AXES = ("data", "fsdp")
 
 # Logical parameter axis -> mesh axis. FSDP shards the embedding dimension of every matrix;
@@ -31,6 +32,11 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("norm", None),
     (LAYER_AXIS, None),  # scanned layers' stacked axis: each device holds every layer
 )
+
+
+def variable_axes(variable) -> tuple:
+    """An nnx.Variable's logical axis names (metadata AXES_KEY); () when it has none."""
+    return tuple(variable.get_metadata().get(AXES_KEY) or ())
 
 
 def maybe_initialize_distributed() -> bool:

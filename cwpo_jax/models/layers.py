@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cwpo_jax.sharding import AXES_KEY, variable_axes
+
 LOGICAL_AXES = ("vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", "norm", "layers")
 
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -38,13 +40,13 @@ def make_param(value, axes: Sequence[str | None], *, kind=nnx.Param) -> nnx.Para
     for a in axes:
         if a is not None and a not in LOGICAL_AXES:
             raise ValueError(f"unknown logical axis {a!r}; allowed: {LOGICAL_AXES} or None")
-    return kind(value, out_sharding=axes, eager_sharding=False)
+    return kind(value, **{AXES_KEY: axes}, eager_sharding=False)
 
 
 def logical_axes(model: nnx.Module):
     """Pytree of logical-axis tuples, same structure as `nnx.state(model, nnx.Param)`."""
     state = nnx.state(model, nnx.Param)
-    return jax.tree.map(lambda v: tuple(v.get_metadata("out_sharding")), state,
+    return jax.tree.map(variable_axes, state,
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -123,7 +125,7 @@ class Linear(nnx.Module):
     @property
     def axes(self) -> tuple:
         """(in_axes, out_axes) logical names of the kernel."""
-        names = tuple(self.kernel.get_metadata("out_sharding"))
+        names = variable_axes(self.kernel)
         return names[:len(self.in_shape)], names[len(self.in_shape):]
 
     def __call__(self, x):

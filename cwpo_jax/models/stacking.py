@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cwpo_jax.sharding import LAYER_AXIS
-
-SHARDING_KEY = "out_sharding"
+from cwpo_jax.sharding import AXES_KEY, LAYER_AXIS, variable_axes
 
 
 class StackedLayers(nnx.Module):
@@ -79,9 +77,8 @@ def _map_variables(state, value_fn, axes_fn):
 
 def _rewrap(variable, value, axes_fn):
     """`variable` holding `value`, its logical axes (when it has any) passed through axes_fn."""
-    if variable.has_metadata(SHARDING_KEY):
-        return variable.replace(value, **{SHARDING_KEY: axes_fn(
-            variable.get_metadata(SHARDING_KEY))})
+    if variable.has_metadata(AXES_KEY):
+        return variable.replace(value, **{AXES_KEY: axes_fn(variable_axes(variable))})
     return variable.replace(value)
 
 

@@ -5,7 +5,7 @@ import jax
 import optax
 from flax import nnx
 
-from cwpo_jax.sharding import LAYER_AXIS
+from cwpo_jax.sharding import LAYER_AXIS, variable_axes
 
 
 def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_steps: int = 0,
@@ -33,8 +33,7 @@ def decay_mask(params):
     def is_matrix(leaf):
         ndim = len(leaf.shape)
         if isinstance(leaf, nnx.Variable):
-            axes = leaf.get_metadata().get("out_sharding") or ()
-            ndim -= int(bool(axes) and axes[0] == LAYER_AXIS)
+            ndim -= int(variable_axes(leaf)[:1] == (LAYER_AXIS,))
         return ndim >= 2
 
     return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))

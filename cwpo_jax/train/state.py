@@ -54,16 +54,14 @@ def cast_floats(tree, dtype):
 
 def variable_shardings(state, mesh: Mesh, rules=sharding.RULES):
     """The same nnx.State with each Variable's value replaced by its NamedSharding, from the
-    Variable's logical axis names (metadata `out_sharding`); unnamed variables are replicated."""
+    Variable's logical axis names (sharding.variable_axes); unnamed variables are replicated."""
 
     def one(var):
-        value = var.get_value() if hasattr(var, "get_value") else var.value
-        meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
-        names = meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
-        shape = jnp.shape(value)
+        names = sharding.variable_axes(var)
+        shape = jnp.shape(var.get_value())
         if not names or len(names) != len(shape):
             return var.replace(NamedSharding(mesh, sharding.P()))
-        spec = sharding.logical_to_spec(tuple(names), shape, mesh, rules)
+        spec = sharding.logical_to_spec(names, shape, mesh, rules)
         return var.replace(NamedSharding(mesh, spec))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
