@@ -8,14 +8,22 @@ import os
 import tempfile
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
     """Write to a temp file in the same folder, fsync, then rename over `path`: readers see the
-    old file or the whole new one, never a partial write."""
+    old file or the whole new one, never a partial write. The file gets the mode a plain open()
+    would give it (0666 less the umask), not mkstemp's private 0600."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
 from cwpo_jax.data.records import PreferencePair
 from cwpo_jax.data.tokenize import PairTokenizer, TokenizedPair
+from cwpo_jax.io_utils import atomic_open
 
 _FIELDS = ("prompt", "chosen", "rejected")
 
@@ -60,10 +60,6 @@ def encode_pairs_cached(
         parts = [getattr(t, f) for t in items]
         arrays[f] = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         arrays[f + "_offsets"] = np.concatenate([[0], np.cumsum([len(x) for x in parts])])
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write then rename: a crash never leaves a half-written file under the final name.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
     return items, path
