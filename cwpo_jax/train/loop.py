@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import jax
-import numpy as np
 
 from cwpo_jax import sharding
 from cwpo_jax.host_memory import release_freed_heap
@@ -20,7 +19,8 @@ from cwpo_jax.train.metrics import MetricsLogger
 
 
 class NonFiniteError(RuntimeError):
-    """Loss or gradient norm became NaN/inf; the state from before that step is kept."""
+    """Loss or gradient norm became NaN/inf. The step was not applied; the loop notices at the
+    next log or save step and stops without checkpointing the steps after it."""
 
 
 class Preempted(Exception):
@@ -38,21 +38,36 @@ class BatchIterator(Protocol):
 
 
 class PreemptionGuard:
-    """Turns SIGTERM into a flag checked between steps, so the step in flight finishes first."""
+    """Turns SIGTERM into a flag checked between steps, so the step in flight finishes first.
 
-    def __init__(self):
+    On several processes JAX's preemption service owns SIGTERM (no Python handler is set, which
+    would replace it): a notice to any host reaches all of them, and Orbax's
+    `reached_preemption(step)` turns true on every host at the same step, so all join the same
+    collective save."""
+
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer = checkpointer
+        self.multihost = jax.process_count() > 1
         self.requested = False
         self._previous = None
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self.multihost:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Called once per step on every host."""
+        if self.multihost:
+            return self.checkpointer.manager.reached_preemption(step)
+        return self.requested
+
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self.multihost:
+            signal.signal(signal.SIGTERM, self._previous)
         return False
 
 
@@ -104,12 +119,37 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
     if latest is not None:
         state, extra, step = checkpointer.restore(state)
         batches.set_state(extra["data"])
-        print(f"[{config.name}] resumed from {checkpointer.directory}/{step}", file=sys.stderr)
+        if jax.process_index() == 0:
+            print(f"[{config.name}] resumed from {checkpointer.directory}/{step}", file=sys.stderr)
         _forget_records_after(logger, step)
     if step >= config.num_steps:
         return state
 
+    # Metrics of the steps since the last host read, still on the device: reading them every
+    # step would stall the host until the device finishes, so the next batch could not be
+    # prepared meanwhile. They are read at log steps and before every save.
+    pending: list[tuple[int, dict]] = []
+
+    def read_pending() -> dict:
+        """The newest step's metrics as floats; NonFiniteError if any pending step was not
+        finite (the step function skipped it on device and left the state as it was)."""
+        values = jax.device_get([m for _, m in pending])
+        bad = [(s, v) for (s, _), v in zip(pending, values) if not v["finite"]]
+        pending.clear()
+        if bad:
+            first, v = bad[0]
+            kept = checkpointer.latest_step()
+            raise NonFiniteError(
+                f"[{config.name}] step {first}: loss {float(v['loss'])} / grad norm "
+                f"{float(v['grad_norm'])} is not finite; stopped without applying it. "
+                f"Last good checkpoint: "
+                f"{'none' if kept is None else f'{checkpointer.directory}/{kept}'} "
+                f"(seen at step {step}, the next log or save step; {len(bad)} step(s) not "
+                f"finite since the previous one)")
+        return {k: float(x) for k, x in values[-1].items()} if values else {}
+
     def save(at_step):
+        read_pending()  # never checkpoint a run that has seen a non-finite step
         checkpointer.save(at_step, state, {"data": batches.get_state(), **extra_state()})
 
     # Loading (a GGUF's dequantisation, HF conversion) and restoring freed much more than they
@@ -117,27 +157,20 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
     release_freed_heap()
     first_step = step
     window_tokens, window_padded, window_start = 0, 0, time.perf_counter()
-    with PreemptionGuard() as guard:
+    with PreemptionGuard(checkpointer) as guard:
         while step < config.num_steps:
             host_batch = next(batches)
             real, padded = tokens_in_batch(host_batch)
             state, metrics = step_fn(state, frozen, sharding.shard_batch(host_batch, mesh, 1))
             window_tokens += real
             window_padded += padded
-            if not float(metrics["finite"]):
-                kept = checkpointer.latest_step()
-                raise NonFiniteError(
-                    f"[{config.name}] step {step + 1}: loss {float(metrics['loss'])} / grad norm "
-                    f"{float(metrics['grad_norm'])} is not finite; stopped without applying it. "
-                    f"Last good checkpoint: "
-                    f"{'none' if kept is None else f'{checkpointer.directory}/{kept}'}")
             step += 1
+            pending.append((step, metrics))
             if step == first_step + 1:
                 release_freed_heap()  # what compiling the step freed (-180 MiB for SmolLM2)
             if step % config.log_every == 0 or step == config.num_steps:
-                jax.block_until_ready(metrics)
+                record = read_pending()
                 elapsed = time.perf_counter() - window_start
-                record = {k: float(np.asarray(v)) for k, v in metrics.items()}
                 record["tokens_per_s"] = window_tokens / elapsed
                 record["padded_tokens_per_s"] = window_padded / elapsed
                 record["padding_share"] = 1.0 - window_tokens / max(window_padded, 1)
@@ -147,8 +180,9 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
                 window_tokens, window_padded, window_start = 0, 0, time.perf_counter()
             if config.save_every and step % config.save_every == 0:
                 save(step)
-            if guard.requested:
-                save(step)
+            if guard.reached(step):
+                if checkpointer.latest_step() != step:
+                    save(step)
                 raise Preempted(f"[{config.name}] SIGTERM: checkpoint written at step {step} in "
                                 f"{checkpointer.directory}; rerun the same command to resume")
     if checkpointer.latest_step() != step:

@@ -47,7 +47,7 @@ class FaultyFeeder(EpochFeeder):
         return out
 
 
-def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2, mesh=None):
+def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2, log_every=1, mesh=None):
     mesh = mesh or sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2])
     parts = split_model(ToyLM(rngs=nnx.Rngs(0)))
     optimizer, schedule = optim.make_optimizer(learning_rate=5e-2, total_steps=8, warmup_steps=1)
@@ -64,7 +64,8 @@ def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2, mesh=Non
     logger = MetricsLogger(workdir, name="test", total_steps=num_steps, tensorboard=False)
     try:
         return loop.train(step_fn=step, state=state, frozen=frozen, batches=feeder, mesh=mesh,
-                          config=loop.LoopConfig(num_steps=num_steps, save_every=save_every),
+                          config=loop.LoopConfig(num_steps=num_steps, save_every=save_every,
+                                                 log_every=log_every),
                           checkpointer=ckpt, logger=logger)
     finally:
         logger.close()
@@ -114,6 +115,29 @@ def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path):
         run(d, 8, nan_at=4, save_every=2)
     ckpt = Checkpointer(os.path.join(d, "ckpt"))
     assert ckpt.latest_step() == 2
+
+
+def test_metrics_leave_the_device_only_at_log_and_save_steps(tmp_path, monkeypatch):
+    reads = []
+    device_get = jax.device_get
+
+    def recording(x):
+        if isinstance(x, list):  # the loop's pending metrics
+            reads.append(len(x))
+        return device_get(x)
+
+    monkeypatch.setattr(jax, "device_get", recording)
+    run(str(tmp_path), 8, save_every=6, log_every=4)
+    assert reads == [4, 2, 2, 0]  # log 4, save 6, log 8, final save (nothing left)
+
+
+def test_nan_between_log_steps_stops_at_the_next_one_without_saving(tmp_path):
+    d = str(tmp_path)
+    with pytest.raises(loop.NonFiniteError, match=r"step 2: loss nan .*Last good checkpoint: "
+                                                  r"none \(seen at step 4"):
+        run(d, 8, nan_at=2, save_every=0, log_every=4)
+    assert Checkpointer(os.path.join(d, "ckpt")).latest_step() is None
+    assert not os.path.exists(os.path.join(d, "metrics.jsonl")) or not losses_by_step(d)
 
 
 def test_metrics_have_throughput_and_lr(uninterrupted):
