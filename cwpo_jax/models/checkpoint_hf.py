@@ -7,11 +7,14 @@ our [in..., out...] kernels, and checks every shape. No torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -314,13 +317,27 @@ def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: 
 # Writing
 
 
-def export_tensors(model: nnx.Module, name_fn: Callable[[tuple], str]) -> dict:
-    """All nnx.Params -> {HF name: numpy array in HF layout}."""
+def _on_host(x) -> np.ndarray:
+    """The whole array in this process. When its shards span processes (fsdp over hosts) this is
+    a collective: every process must call it, for the same arrays in the same order."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def export_tensors(model: nnx.Module, name_fn: Callable[[tuple], str],
+                   names: set[str] | None = None) -> dict:
+    """nnx.Params (those named in `names`, default all) -> {HF name: numpy array in HF layout}.
+    A collective on several processes (see _on_host)."""
     linears = _linear_modules(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         path = tuple(path)
-        value = np.asarray(var.get_value())
+        if names is not None and name_fn(path) not in names:
+            continue
+        value = _on_host(var.get_value())
         if path[-1] == "kernel":
             value = from_hf_kernel(value, linears[path[:-1]])
         elif path[-1] == "bias":
@@ -329,8 +346,20 @@ def export_tensors(model: nnx.Module, name_fn: Callable[[tuple], str]) -> dict:
     return out
 
 
-def save_hf(model: nnx.Module, path: str) -> None:
-    """Write config.json + model.safetensors that transformers (and `from_pretrained`) load."""
+# Larger exports are split into files of at most this size, the common layout of hub repos
+# (transformers 4's default; a 7B model in fp32 gives six files).
+MAX_SHARD_BYTES = 5 * 10**9
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def save_hf(model: nnx.Module, path: str, *, max_shard_size: int = MAX_SHARD_BYTES) -> None:
+    """Write config.json + model.safetensors that transformers (and `from_pretrained`) load.
+
+    Above `max_shard_size` bytes the weights go to transformers' sharded layout instead:
+    model-00001-of-0000N.safetensors ... plus model.safetensors.index.json (huggingface_hub
+    plans the split, as transformers does). On several processes every process must call this
+    (the sharded parameters are gathered one file at a time) and only process 0 writes."""
+    from huggingface_hub import split_state_dict_into_shards_factory
     from safetensors.flax import save_file
 
     if isinstance(model, RewardModel):
@@ -351,13 +380,35 @@ def save_hf(model: nnx.Module, path: str) -> None:
             # transformers' classifier always reads tanh(pooler(CLS)); cwpo_jax reloads this
             # pooling exactly, other tools see the weights but not the pooling.
             hf["cwpo_pooling"] = cfg.pooling
-        tensors = export_tensors(model, lambda p: hf_reward_name(cfg.model_type, p))
+        name_fn = functools.partial(hf_reward_name, cfg.model_type)
     else:
         cfg = model.config
         hf = cfg.to_hf()
-        tensors = export_tensors(model, lambda p: hf_name(cfg.model_type, p))
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
-    save_file({k: jnp.asarray(v) for k, v in tensors.items()},
-              os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        name_fn = functools.partial(hf_name, cfg.model_type)
+    params = {name_fn(tuple(p)): v.get_value()
+              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    split = split_state_dict_into_shards_factory(
+        params, get_storage_size=lambda x: x.size * x.dtype.itemsize,
+        filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):  # weights of an earlier export in another layout
+            if name == INDEX_FILE or re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", name):
+                os.remove(os.path.join(path, name))
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+    for filename, names in split.filename_to_tensors.items():
+        tensors = export_tensors(model, name_fn, set(names))
+        if writer:
+            save_file({k: jnp.asarray(v) for k, v in tensors.items()},
+                      os.path.join(path, filename), metadata={"format": "pt"})
+        del tensors  # one file's tensors in host memory at a time
+    if writer and split.is_sharded:
+        with open(os.path.join(path, INDEX_FILE), "w") as f:
+            json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f,
+                      indent=2, sort_keys=True)
+    if jax.process_count() > 1:  # the files exist for every process once this returns
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cwpo_save_hf")

@@ -72,6 +72,37 @@ def test_sharded_safetensors_index(tmp_path):
     np.testing.assert_allclose(out[real], g["logits"][real], atol=1e-4)
 
 
+def test_save_hf_splits_into_size_sharded_files_with_an_index(tmp_path):
+    from transformers.utils.hub import get_checkpoint_shard_files
+
+    from cwpo_jax.models.checkpoint_hf import save_hf
+
+    model = from_pretrained(fixture_dir("llama"))
+    whole = load_file(os.path.join(fixture_dir("llama"), "model.safetensors"))
+    limit = sum(v.nbytes for v in whole.values()) // 3
+    save_pretrained(model, tmp_path)  # a stale single file, replaced by the sharded layout
+    save_hf(model, str(tmp_path), max_shard_size=limit)
+    files = sorted(n for n in os.listdir(tmp_path) if n.endswith(".safetensors"))
+    n = len(files)
+    assert n >= 3 and files == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    # transformers' own reader of the index (the one its from_pretrained calls)
+    paths, meta = get_checkpoint_shard_files(str(tmp_path),
+                                             str(tmp_path / "model.safetensors.index.json"))
+    assert sorted(map(os.path.basename, paths)) == files
+    assert set(meta["all_checkpoint_keys"]) == set(whole) - {"embeddings.position_ids"}
+    sizes = []
+    for p in paths:
+        shard = load_file(p)
+        assert all(meta["weight_map"][k] == os.path.basename(p) for k in shard)
+        sizes.append(sum(v.nbytes for v in shard.values()))
+        assert len(shard) == 1 or sizes[-1] <= limit
+    assert meta["total_size"] == sum(sizes)
+    g = golden("llama_golden")
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    np.testing.assert_array_equal(np.asarray(from_pretrained(str(tmp_path))(ids, mask)),
+                                  np.asarray(model(ids, mask)))
+
+
 def _copy(tmp_path, name="llama"):
     d = tmp_path / name
     shutil.copytree(fixture_dir(name), d)
