@@ -4,4 +4,4 @@ import _cli
 if __name__ == "__main__":
     from cwpo_jax.stages import align
 
-    _cli.main(align.run)
+    _cli.main(align.run, splits=("align",))

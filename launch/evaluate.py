@@ -4,4 +4,4 @@ import _cli
 if __name__ == "__main__":
     from cwpo_jax.stages import evaluate
 
-    _cli.main(evaluate.run)
+    _cli.main(evaluate.run, splits=("eval",))

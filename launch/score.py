@@ -4,4 +4,4 @@ import _cli
 if __name__ == "__main__":
     from cwpo_jax.stages import score
 
-    _cli.main(score.run)
+    _cli.main(score.run, splits=("score",))

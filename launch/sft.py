@@ -4,4 +4,4 @@ import _cli
 if __name__ == "__main__":
     from cwpo_jax.stages import sft
 
-    _cli.main(sft.run)
+    _cli.main(sft.run, splits=("sft",))

@@ -4,4 +4,4 @@ import _cli
 if __name__ == "__main__":
     from cwpo_jax.stages import annotator
 
-    _cli.main(annotator.run)
+    _cli.main(annotator.run, splits=("annotator",))

@@ -51,13 +51,22 @@ def undo_rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+class GGUFError(ValueError):
+    """A .gguf file that cannot be read (not GGUF, truncated)."""
+
+
 class GGUFFile:
     def __init__(self, path: str):
         import gguf
 
         self._gguf = gguf
         self.path = path
-        self.reader = gguf.GGUFReader(path)
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"GGUF file not found: {path}") from None
+        except (ValueError, IndexError) as e:  # bad magic, truncated: numpy cannot view it
+            raise GGUFError(f"{path}: not a readable GGUF file ({e})") from None
         self.tensors = {t.name: t for t in self.reader.tensors}
 
     def field(self, key: str, default=None):

@@ -107,8 +107,12 @@ def load_tokenizer(path: str, *, auto: bool = False):
     path = os.fspath(path)
     if path.endswith(".gguf"):
         if not os.path.exists(path):
-            raise FileNotFoundError(path)
+            raise FileNotFoundError(f"GGUF file not found: {path}")
         return gguf_tokenizer(path)
+    if not os.path.exists(path) and (os.path.isabs(path) or path.startswith((".", "~"))
+                                     or path.count("/") > 1):
+        # A hub id is "owner/name" (models.resolve_path's rule): this names a missing folder.
+        raise FileNotFoundError(f"model directory not found: {path}")
     if not auto and os.path.exists(os.path.join(path, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from cwpo_jax.stages import align, annotator, common, evaluate, prepare, score, sft, sweep
+from cwpo_jax.stages import (align, annotator, common, evaluate, preflight, prepare, score, sft,
+                             sweep)
 from cwpo_jax.stages.config import sweep_run_config
 
 STAGES = (("data", prepare.run), ("annotator", annotator.run), ("score", score.run),
@@ -22,6 +23,8 @@ def run_one(cfg) -> dict:
         start = time.perf_counter()
         common.log("pipeline", f"stage {name}")
         result = fn(cfg)
+        if name == "data":
+            preflight.check_prepared_splits(cfg)  # refuse splits too small before any training
         timings[name] = time.perf_counter() - start
     common.log("pipeline", "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in
                                                         timings.items()))
