@@ -8,10 +8,11 @@ import os
 import tempfile
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
+def file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask."""
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -23,7 +24,7 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cwpo_jax.io_utils import file_mode
 from cwpo_jax.models import layers
 from cwpo_jax.models.bert import BertConfig, BertModel
 from cwpo_jax.models.llama import LLAMA_MODEL_TYPES, LlamaConfig, LlamaForCausalLM
@@ -401,8 +402,10 @@ def save_hf(model: nnx.Module, path: str, *, max_shard_size: int = MAX_SHARD_BYT
     for filename, names in split.filename_to_tensors.items():
         tensors = export_tensors(model, name_fn, set(names))
         if writer:
-            save_file({k: jnp.asarray(v) for k, v in tensors.items()},
-                      os.path.join(path, filename), metadata={"format": "pt"})
+            target = os.path.join(path, filename)
+            save_file({k: jnp.asarray(v) for k, v in tensors.items()}, target,
+                      metadata={"format": "pt"})
+            os.chmod(target, file_mode())  # safetensors creates it 0600 whatever the umask
         del tensors  # one file's tensors in host memory at a time
     if writer and split.is_sharded:
         with open(os.path.join(path, INDEX_FILE), "w") as f:
