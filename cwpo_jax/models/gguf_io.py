@@ -52,7 +52,7 @@ def undo_rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 class GGUFError(ValueError):
-    """A .gguf file that cannot be read (not GGUF, truncated)."""
+    """A .gguf file that cannot be read (not GGUF, truncated) or that we do not support."""
 
 
 class GGUFFile:
@@ -78,7 +78,7 @@ class GGUFFile:
     def require(self, key: str):
         value = self.field(key)
         if value is None:
-            raise KeyError(f"{self.path}: GGUF metadata lacks {key!r}")
+            raise GGUFError(f"{self.path}: GGUF metadata lacks {key!r}")
         return value
 
     def tensor(self, name: str) -> np.ndarray | None:
@@ -92,8 +92,8 @@ def hf_config_from_gguf(g: GGUFFile) -> dict:
     """An HF-style config dict from GGUF metadata (so the HF config parser does the rest)."""
     arch = g.require("general.architecture")
     if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"{g.path}: GGUF general.architecture={arch!r} is not supported; "
-                         f"supported: {SUPPORTED_ARCHS}")
+        raise GGUFError(f"{g.path}: GGUF general.architecture={arch!r} is not supported; "
+                        f"supported: {SUPPORTED_ARCHS}")
     p = arch + "."
     heads = int(g.require(p + "attention.head_count"))
     hidden = int(g.require(p + "embedding_length"))

@@ -57,13 +57,13 @@ def gguf_tokenizer(path: str):
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    from cwpo_jax.models.gguf_io import GGUFFile
+    from cwpo_jax.models.gguf_io import GGUFError, GGUFFile
 
     g = GGUFFile(path)
     kind = g.require("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' "
-                         "byte-level BPE)")
+        raise GGUFError(f"{path}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' "
+                        "byte-level BPE)")
     tokens = list(g.require("tokenizer.ggml.tokens"))
     types = list(g.field("tokenizer.ggml.token_type") or [1] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in g.require("tokenizer.ggml.merges")]
