@@ -1,5 +1,6 @@
 """launch/multiprocess.py: N local CPU processes joined by jax.distributed; a failure or SIGTERM
-reaches every child; a model sharded over processes (fsdp=2) exports once and reloads equal."""
+reaches every child; SIGTERM to one process makes every process save the same step; a model
+sharded over processes (fsdp=2) exports once and reloads equal."""
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ import pytest
 
 from cwpo_jax.io_utils import file_mode
 from cwpo_jax.models import from_pretrained
+from cwpo_jax.train.checkpoint import Checkpointer
 from tests.engine.export_worker import tiny_model
+from tests.engine.test_loop import losses_by_step, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = [sys.executable, os.path.join(ROOT, "launch", "multiprocess.py")]
@@ -56,6 +59,33 @@ def test_sigterm_is_forwarded_to_every_process(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 7, out
+
+
+def _status(out_dir):
+    return [json.loads((out_dir / f"status-{i}.json").read_text())["preempted_at"]
+            for i in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_on_both_and_resume_matches(tmp_path):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    worker = ["--processes=2", "--", "-m", "tests.engine.preempt_worker", str(out_dir)]
+    proc = launch(worker + ["3"])  # SIGTERM to process 1 alone, while it prepares step 3
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log[-3000:]
+    first, second = _status(out_dir)
+    assert first == second and 3 <= first < 8, log[-3000:]
+    assert Checkpointer(str(out_dir / "ckpt")).all_steps() == [first]
+    proc = launch(worker)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and _status(out_dir) == [None, None], log[-3000:]
+    # The same losses as one uninterrupted process on a mesh of the same shape (data=2).
+    run(str(tmp_path / "one"), 8, save_every=0)
+    want, got = losses_by_step(str(tmp_path / "one")), losses_by_step(str(out_dir))
+    assert sorted(got) == list(range(1, 9))
+    for s in range(1, 9):
+        assert got[s] == pytest.approx(want[s], rel=1e-5), s
 
 
 @pytest.mark.slow
