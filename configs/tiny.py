@@ -30,7 +30,7 @@ def get_config():
     c.align.train.batch_size = 16
     c.align.train.micro_batches = 2  # gradient accumulation end to end
     c.align.chunk_size = 16
-    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
+    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
     c.evaluate.gold_judge = "lexicon"
     c.evaluate.max_new_tokens = 12
     c.evaluate.batch_size = 8

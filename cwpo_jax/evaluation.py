@@ -2,6 +2,8 @@
 seeds, label accuracy, calibration."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -85,3 +87,101 @@ def reliability_table(confidence, correct, *, bins: int = 10):
             ece += n / p.size * abs(row["mean_p"] - row["accuracy"])
         rows.append(row)
     return rows, float(ece)
+
+
+def label_quality(train_a_wins, weights, keep, gold_a, gold_b) -> dict:
+    """How good the labels a method trains on are, judged by gold, before any training.
+
+    Per pair [N]: train_a_wins (the method trains response a over b), weights (its loss
+    weight), keep (it trains on the pair at all), gold_a / gold_b (gold scores). Over kept pairs:
+    gold_accuracy = share of gold-decided pairs labelled in the gold order; weighted_gold_accuracy
+    = the same with the method's weights; tie_weight_share = share of the weight on gold ties
+    (pairs with no right label). Accuracies are NaN when no kept pair is gold-decided."""
+    keep = np.asarray(keep, bool)
+    a_wins = np.asarray(train_a_wins, bool)[keep]
+    w = np.asarray(weights, np.float64)[keep]
+    ga, gb = np.asarray(gold_a, np.float64)[keep], np.asarray(gold_b, np.float64)[keep]
+    decided = ga != gb
+    correct = (a_wins == (ga > gb))[decided]
+    w_decided = w[decided]
+    return {"pairs": int(keep.sum()),
+            "gold_accuracy": float(correct.mean()) if correct.size else float("nan"),
+            "weighted_gold_accuracy": (float((w_decided * correct).sum() / w_decided.sum())
+                                       if w_decided.sum() > 0 else float("nan")),
+            "tie_weight_share": float(w[~decided].sum() / w.sum()) if w.sum() > 0 else 0.0}
+
+
+def implicit_reward_accuracy(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> float:
+    """Share of pairs whose implicit reward log pi - log pi_ref ranks chosen above rejected,
+    ties half (an unmoved policy scores 0.5). All [N] summed log-probs."""
+    margin = ((np.asarray(policy_chosen, np.float64) - np.asarray(ref_chosen, np.float64))
+              - (np.asarray(policy_rejected, np.float64) - np.asarray(ref_rejected, np.float64)))
+    if margin.size == 0:
+        return float("nan")
+    return float(np.mean(np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))))
+
+
+def kl_estimate(policy_logps, reference_logps) -> float:
+    """Monte-Carlo KL(pi || pi_ref) from responses sampled from pi: mean of log pi(y) -
+    log pi_ref(y) (summed over each response's tokens). [N] each."""
+    policy_logps = np.asarray(policy_logps, np.float64)
+    reference_logps = np.asarray(reference_logps, np.float64)
+    if policy_logps.shape != reference_logps.shape or policy_logps.ndim != 1:
+        raise ValueError(f"need two [N] arrays, got {policy_logps.shape} and "
+                         f"{reference_logps.shape}")
+    return float(np.mean(policy_logps - reference_logps)) if policy_logps.size else float("nan")
+
+
+def accuracy_by_decile(confidence, correct, *, bins: int = 10) -> list[dict]:
+    """Accuracy of the weak labels per confidence quantile bin (deciles by default): rows of
+    {c_low, c_high, count, mean_confidence, accuracy}, least confident first. Pairs with equal
+    confidence stay in one bin, so a bin may be empty or larger than N / bins."""
+    conf = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    if conf.shape != correct.shape or conf.ndim != 1:
+        raise ValueError(f"need [N] confidence and correctness, got {conf.shape} and "
+                         f"{correct.shape}")
+    edges = np.quantile(conf, np.linspace(0, 1, bins + 1)) if conf.size else np.zeros(bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        rows.append({"c_low": float(edges[b]), "c_high": float(edges[b + 1]), "count": n,
+                     "mean_confidence": float(conf[sel].mean()) if n else None,
+                     "accuracy": float(correct[sel].mean()) if n else None})
+    return rows
+
+
+def correlation(x, y) -> float:
+    """Pearson correlation of two [N] arrays; NaN when either is constant or N < 2."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def paired_difference(x, y, *, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> dict:
+    """mean(x) - mean(y) for per-unit values measured on the same units (prompts), with a paired
+    bootstrap interval (units resampled together): BCa where it is defined, percentile otherwise
+    (e.g. when every difference is equal). Returns {diff, ci_low, ci_high, n, interval}."""
+    from scipy import stats
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+        raise ValueError(f"need two [N] arrays over the same N >= 2 units, got {x.shape} and "
+                         f"{y.shape}")
+    diff = float(x.mean() - y.mean())
+    for method in ("BCa", "percentile"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis),
+                                  paired=True, vectorized=True, n_resamples=resamples,
+                                  confidence_level=level, method=method,
+                                  rng=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            return {"diff": diff, "ci_low": low, "ci_high": high, "n": int(x.size),
+                    "interval": f"paired bootstrap ({method})"}
+    return {"diff": diff, "ci_low": diff, "ci_high": diff, "n": int(x.size),
+            "interval": "paired bootstrap (degenerate: every resample equal)"}

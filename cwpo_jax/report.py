@@ -117,6 +117,26 @@ def plot_reliability(rows: list[dict], ece: float, path: str, *, against: str) -
     plt.close(fig)
 
 
+def plot_gold_deciles(rows: list[dict], path: str) -> None:
+    """Gold accuracy of the weak labels per C1 decile: a confidence that carries information
+    rises from about 50% (least confident) to well above it (most confident)."""
+    plt = _plt()
+    used = [r for r in rows if r["count"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = np.arange(len(used))
+    ax.bar(x, [100 * r["accuracy"] for r in used], color="#55a868")
+    ax.axhline(50, color="grey", lw=1, ls="--", label="chance")
+    ax.set_xticks(x, [f"{r['mean_confidence']:.2f}\n({r['count']})" for r in used], fontsize=7)
+    ax.set_xlabel("C1 decile: mean C1 (pairs)")
+    ax.set_ylabel("weak labels in the gold order (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Annotator reliability against gold, by confidence decile")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def read_metrics(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -160,6 +180,9 @@ def write_plots(output_dir: str, results: dict, scores: dict, gold_a_wins=None) 
     key = f"calibration_vs_{against}"
     out.append(os.path.join(plots, "reliability.png"))
     plot_reliability(a[key], a[f"ece_vs_{against}"], out[-1], against=against)
+    if "accuracy_by_decile_vs_gold" in a:
+        out.append(os.path.join(plots, "gold_deciles.png"))
+        plot_gold_deciles(a["accuracy_by_decile_vs_gold"], out[-1])
     curves = {}
     for stage in ["annotator"] + [f"align/{m}" for m in results["methods"]]:
         metrics = os.path.join(output_dir, stage, "metrics.jsonl")

@@ -54,6 +54,46 @@ def test_results_cover_every_method_with_intervals(tiny_run):
     assert saved["methods"]["human_all"]["pairs"] == n_unlabelled + saved["data"]["sizes"]["labelled"]
 
 
+def test_gold_method_label_quality_and_differences(tiny_run):
+    cfg, _ = tiny_run
+    with open(os.path.join(cfg.output_dir, "results.json")) as f:
+        saved = json.load(f)
+    gold = _gold_scores(cfg)
+    unlabelled = [json.loads(line)["id"] for line in
+                  open(os.path.join(cfg.output_dir, "data", "unlabelled.jsonl"))]
+    decided = sum(gold[i][0] != gold[i][1] for i in unlabelled)
+    quality = saved["label_quality"]
+    assert set(quality) == set(cfg.align.methods)
+    # gold: every gold-decided unlabelled pair, all in the gold order, no weight on ties
+    assert saved["methods"]["gold"]["pairs"] == quality["gold"]["pairs"] == decided
+    assert quality["gold"]["gold_accuracy"] == quality["gold"]["weighted_gold_accuracy"] == 1.0
+    assert quality["gold"]["tie_weight_share"] == 0.0
+    human_vs_gold = saved["annotator"]["human_vs_gold"]
+    assert quality["human"]["gold_accuracy"] == pytest.approx(human_vs_gold)
+    assert quality["weak"]["gold_accuracy"] == pytest.approx(saved["annotator"]["accuracy_vs_gold"])
+    assert set(saved["differences"]) == {"weak_confidence-human", "weak_confidence-weak",
+                                         "top_fraction-weak", "human_all-human", "gold-human"}
+    for name, d in saved["differences"].items():
+        a, b = name.split("-")
+        assert d["diff"] == pytest.approx(saved["methods"][a]["gra"] - saved["methods"][b]["gra"])
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    for m in saved["methods"].values():
+        assert np.isfinite(m["final_loss"]) and np.isfinite(m["kl_estimate"])
+        assert 0.0 <= m["heldout_gold_accuracy"] <= 1.0 and m["heldout_pairs"] > 0
+    a = saved["annotator"]
+    assert -1.0 <= a["gold_gap_correlation"] <= 1.0
+    assert 0.0 <= a["top_fraction_gold_accuracy"] <= 1.0
+    assert sum(r["count"] for r in a["accuracy_by_decile_vs_gold"]) == a["gold_decided_pairs"]
+    text = open(os.path.join(cfg.output_dir, "results.md")).read()
+    assert "Paired differences" in text and "Label quality by gold" in text
+    assert os.path.exists(os.path.join(cfg.output_dir, "plots", "gold_deciles.png"))
+
+
+def _gold_scores(cfg):
+    with open(os.path.join(cfg.output_dir, "data", "gold.json")) as f:
+        return json.load(f)
+
+
 def test_metrics_and_checkpoints_written(tiny_run):
     cfg, _ = tiny_run
     for stage in ("annotator", "sft", "align/weak_confidence"):

@@ -48,7 +48,10 @@ def nucleus_threshold(probs, top_p, iterations: int = 32):
 
 
 def sample_logits(logits, key, temperature, top_p):
-    """logits [B, V] float32 -> ids [B]. temperature <= 0 means greedy; top_p in (0, 1]."""
+    """logits [B, V] float32 -> ids [B]. temperature <= 0 means greedy; top_p in (0, 1].
+
+    key: one PRNG key for the whole batch, or [B] keys, one per row: a row's draw then depends
+    on its own key only, not on which other rows share the batch."""
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)
     probs = jax.nn.softmax(scaled, axis=-1)
@@ -56,7 +59,10 @@ def sample_logits(logits, key, temperature, top_p):
     # threshold is at most the top probability).
     keep = (probs >= nucleus_threshold(probs, top_p)) | (top_p >= 1.0)
     filtered = jnp.where(keep, scaled, -jnp.inf)
-    sampled = jax.random.categorical(key, filtered, axis=-1)
+    if jnp.ndim(key) == 1:
+        sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
+    else:
+        sampled = jax.random.categorical(key, filtered, axis=-1)
     return jnp.where(temperature <= 0, greedy, sampled).astype(jnp.int32)
 
 
@@ -76,9 +82,12 @@ def _generate(graphdef, state, input_ids, attention_mask, key, temperature, top_
     pos = mask.sum(axis=1)
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
+    keys = key if jnp.ndim(key) == 1 else jax.random.split(key, b)
+
     def step(carry, t):
-        cache, kv_valid, logits, pos, done, key = carry
-        key, sub = jax.random.split(key)
+        cache, kv_valid, logits, pos, done, keys = carry
+        pair = jax.vmap(jax.random.split)(keys)  # [B, 2]: each row's stream advances alone
+        keys, sub = pair[:, 0], pair[:, 1]
         tok = sample_logits(logits, sub, temperature, top_p)
         live = ~done
         tok = jnp.where(live, tok, pad_id)
@@ -88,9 +97,9 @@ def _generate(graphdef, state, input_ids, attention_mask, key, temperature, top_
         hidden, cache = model.forward(tok[:, None], None, positions=pos[:, None], cache=cache,
                                       cache_index=slot, kv_valid=kv_valid)
         logits = model.logits_from_hidden(hidden[:, 0])
-        return (cache, kv_valid, logits, pos + 1, done, key), (tok, live.astype(jnp.int32))
+        return (cache, kv_valid, logits, pos + 1, done, keys), (tok, live.astype(jnp.int32))
 
-    init = (cache, kv_valid, logits, pos, jnp.zeros((b,), bool), key)
+    init = (cache, kv_valid, logits, pos, jnp.zeros((b,), bool), keys)
     _, (toks, live) = jax.lax.scan(step, init, jnp.arange(max_new_tokens))
     return Generation(toks.T, live.T)
 
@@ -109,7 +118,9 @@ def generate(model: nnx.Module, input_ids, attention_mask=None, *, key=None,
     """Sample up to `max_new_tokens` per row from a causal LM.
 
     input_ids / attention_mask [B, P]: prompts **left**-padded (every row's last slot real).
-    key: a jax PRNG key (required unless temperature == 0, i.e. greedy).
+    key: a jax PRNG key (required unless temperature == 0, i.e. greedy), or [B] keys, one per
+      row: then a row's sample depends only on its prompt and its key (common random numbers
+      across models and batchings).
     eos_token_id: int or list (defaults to the model config's); a row stops after emitting one.
     Returns Generation(tokens [B, N], mask [B, N]).
     """
@@ -129,6 +140,9 @@ def generate(model: nnx.Module, input_ids, attention_mask=None, *, key=None,
         if temperature > 0:
             raise ValueError("sampling with temperature > 0 needs an explicit PRNG `key`")
         key = jax.random.key(0)
+    if jnp.ndim(key) not in (0, 1) or (jnp.ndim(key) == 1 and key.shape[0] != input_ids.shape[0]):
+        raise ValueError(f"key must be one PRNG key or one per row ({input_ids.shape[0]}), got "
+                         f"shape {key.shape}")
     cfg = model.config
     eos = _eos_tuple(cfg.eos_token_id if eos_token_id is None else eos_token_id)
     pad = pad_token_id if pad_token_id is not None else cfg.pad_token_id

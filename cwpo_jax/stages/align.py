@@ -6,6 +6,11 @@ Method -> label source (confidence.pair_targets):
   weak             weak labels, weight 1 (WS-DPO)
   weak_confidence  weak labels, weight = confidence (CW-PO)
   top_fraction     weak labels, only the align.top_fraction most confident pairs
+  gold             the gold judge's order (controlled settings only; gold ties dropped): what
+                   exact labels teach, and the check that the student can learn the gold
+                   preference at all
+Before any training, align/label_quality.json records how good each method's labels are by
+gold (evaluation.label_quality), from labels, weights and gold alone.
 Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
 + chosen + rejected, the prompt run once) and only response positions go through the LM head;
 the log-probs equal those of separate chosen/rejected rows (tests/engine/test_packed_pairs.py).
@@ -24,8 +29,9 @@ import numpy as np
 from flax import nnx
 
 from cwpo_jax import confidence, losses, models, scores
+from cwpo_jax.evaluation import label_quality
 from cwpo_jax.data.batching import collate_packed_pairs, collate_pairs, default_buckets
-from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path
+from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, sft
 from cwpo_jax.stages.score import annotator_identity, scores_path
 from cwpo_jax.train import tasks
@@ -76,25 +82,32 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
             common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
             return cached
     common.log(STAGE, "reference log-probs: computing (one jitted pass)")
-    ref = models.from_pretrained(ref_path)
-    batch_size = cfg.score.batch_size
-    collate, lengths = pair_batches(cfg, tokenized, tok)
-    collate = functools.partial(collate, tokenized, batch_size=batch_size)
-    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
-    chosen = np.full(len(ids), np.nan)
-    rejected = np.full(len(ids), np.nan)
-    for batch, logp in common.batched_pass(ref, fn, lengths=lengths,
-                                           collate=collate, batch_size=batch_size, cfg=cfg,
-                                           name=STAGE + "/reference", unit="pairs"):
-        half = len(logp) // 2
-        for row, i in enumerate(batch["pair_index"]):
-            if i >= 0:
-                chosen[i], rejected[i] = logp[row], logp[half + row]
+    chosen, rejected = pair_logprobs_pass(cfg, models.from_pretrained(ref_path), tokenized, tok,
+                                          name=STAGE + "/reference")
     if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
         raise FloatingPointError("reference log-probs contain NaN/inf; check the reference model")
     if jax.process_index() == 0:
         with atomic_open(cache, "wb") as f:
             np.savez(f, ids=np.asarray(ids), chosen=chosen, rejected=rejected)
+    return chosen, rejected
+
+
+def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-probs of every tokenized pair's chosen and rejected response under `model`,
+    [N] each, in one jitted pass (score.batch_size pairs per batch, the alignment layout)."""
+    batch_size = cfg.score.batch_size
+    collate, lengths = pair_batches(cfg, tokenized, tok)
+    collate = functools.partial(collate, tokenized, batch_size=batch_size)
+    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
+    chosen = np.full(len(tokenized), np.nan)
+    rejected = np.full(len(tokenized), np.nan)
+    for batch, logp in common.batched_pass(model, fn, lengths=lengths, collate=collate,
+                                           batch_size=batch_size, cfg=cfg, name=name,
+                                           unit="pairs"):
+        half = len(logp) // 2
+        for row, i in enumerate(batch["pair_index"]):
+            if i >= 0:
+                chosen[i], rejected[i] = logp[row], logp[half + row]
     return chosen, rejected
 
 
@@ -134,6 +147,15 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
     if method == "human":
         keep[n_labelled:] = True
         return swap, weight, keep
+    if method == "gold":
+        gold = common.load_gold(cfg)
+        if gold is None:
+            raise ValueError("method 'gold' needs gold scores (data/gold.json), which only the "
+                             "controlled settings (data.source=synthetic or demo) write")
+        g = np.asarray([gold[i] for i in unlabelled_ids], np.float64).reshape(-1, 2)
+        swap[n_labelled:] = g[:, 0] < g[:, 1]
+        keep[n_labelled:] = g[:, 0] != g[:, 1]
+        return swap, weight, keep
     s = scores.read_scores(scores_path(cfg), expected_ids=unlabelled_ids,
                            expected_annotator=annotator_identity(cfg))
     t = confidence.pair_targets(method, score_a=s["score_a"], score_b=s["score_b"],
@@ -156,10 +178,10 @@ def run_method(cfg, method: str) -> dict:
     # the reference pass covers them only when that method is configured.
     labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
     pool = labelled + common.load_split(cfg, "unlabelled")
-    pool_ids = [p.id for p in pool]
+    ids = [p.id for p in pool]
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
-    ref_chosen, ref_rejected = reference_logprobs(cfg, pool_ids, tokenized, ref_path, tok)
-    swap, weight, keep = method_targets(cfg, method, pool_ids, len(labelled))
+    ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok)
+    swap, weight, keep = method_targets(cfg, method, ids, len(labelled))
     index = np.flatnonzero(keep)
     items = [tokenized[i] for i in index]
     pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
@@ -213,5 +235,34 @@ def run_method(cfg, method: str) -> dict:
     return summary
 
 
+def pool_ids(cfg) -> tuple[list[str], int]:
+    """Ids of the alignment pool (labelled pairs first, only when human_all is configured, then
+    unlabelled) and the number of labelled ones."""
+    labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
+    unlabelled = common.load_split(cfg, "unlabelled")
+    return [p.id for p in labelled + unlabelled], len(labelled)
+
+
+def write_label_quality(cfg) -> dict | None:
+    """{method: evaluation.label_quality} into align/label_quality.json (controlled settings)."""
+    gold = common.load_gold(cfg)
+    if gold is None:
+        return None
+    ids, n_labelled = pool_ids(cfg)
+    g = np.asarray([gold[i] for i in ids], np.float64).reshape(-1, 2)
+    quality = {}
+    for method in cfg.align.methods:
+        swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
+        quality[method] = label_quality(~swap, weight, keep, g[:, 0], g[:, 1])
+        q = quality[method]
+        common.log(STAGE, f"{method}: {q['pairs']} pairs, gold accuracy "
+                          f"{q['gold_accuracy']:.1%}, weighted {q['weighted_gold_accuracy']:.1%}, "
+                          f"weight on gold ties {q['tie_weight_share']:.1%}")
+    if jax.process_index() == 0:
+        write_json(common.path(cfg, STAGE, "label_quality.json"), quality)
+    return quality
+
+
 def run(cfg) -> dict:
+    write_label_quality(cfg)
     return {method: run_method(cfg, method) for method in cfg.align.methods}

@@ -1,14 +1,16 @@
 """Stage 1, train_annotator: the weak reward model, Bradley-Terry loss on the labelled share.
 
 Any backbone with a scalar head (`reward_model_from_pretrained`); full fine-tuning as in the
-paper. Logs accuracy against human labels on the held-out eval pairs; saves the annotator in HF
-format under annotator/model.
+paper, or the head alone on a frozen backbone (annotator.train_backbone=False). Logs accuracy
+against human labels on the held-out eval pairs; saves the annotator in HF format under
+annotator/model.
 """
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+from flax import nnx
 
 from cwpo_jax import models, sharding
 from cwpo_jax.data.batching import (
@@ -105,11 +107,14 @@ def run(cfg) -> dict:
                                 pad_id=common.pad_id(tok),
                                 batch_size=cfg.annotator.train.batch_size
                                 // cfg.annotator.train.micro_batches)
+    # A frozen backbone trains the scalar head only: a linear probe on the backbone's features.
+    full = cfg.annotator.train_backbone
     rm = common.fit(rm, tasks.reward_task, lengths=[p.length for p in labelled], collate=collate,
                     train_cfg=cfg.annotator.train, cfg=cfg, workdir=common.path(cfg, STAGE),
                     name=STAGE,
+                    trainable=nnx.Param if full else nnx.All(nnx.Param, nnx.PathContains("score")),
                     flops_per_token=common.train_flops_per_token(rm, lm_head=False,
-                                                                 frozen_weights=False))
+                                                                 frozen_weights=not full))
     eval_pairs = common.load_split(cfg, "eval")
     summary = {"model": cfg.annotator.model, "labelled_pairs": len(labelled),
                "tokenize": str(encode.stats)}

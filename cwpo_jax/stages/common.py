@@ -291,25 +291,35 @@ def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callab
         yield finish(*pending)
 
 
-def sample_texts(cfg, model_path: str, prompts, *, seed: int, max_new_tokens: int,
-                 temperature: float, top_p: float, batch_size: int, name: str) -> list[str]:
+def sample_texts(cfg, model_path: str, prompts, *, seed: int, row_ids: Sequence[int],
+                 max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
+                 name: str) -> list[str]:
     """One sampled response per prompt (lists of chat messages) from the causal LM at
-    model_path, decoded without special tokens. Batches are left-padded, length-sorted."""
+    model_path, decoded without special tokens. Batches are left-padded, length-sorted.
+
+    Row i draws from the key fold_in(key(seed), row_ids[i]) alone: two models sampled with the
+    same seed and row ids use the same random numbers on the same prompts (common random
+    numbers), whatever the batching."""
     from cwpo_jax.data.batching import collate_prompts
 
+    if len(row_ids) != len(prompts):
+        raise ValueError(f"{len(row_ids)} row ids for {len(prompts)} prompts")
     tok = models.load_tokenizer(model_path)
     model = models.from_pretrained(model_path)
     items = pair_tokenizer(cfg, tok).encode_prompt_only(prompts)
     texts = [None] * len(items)
-    key = jax.random.key(seed)
+    base = jax.random.key(seed)
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.asarray(np.asarray(row_ids, np.int64) % 2**32, jnp.uint32))
     plan = plan_batches([len(s.prompt) for s in items], batch_size, shuffle=False)
     done, start = 0, time.perf_counter()
-    for b, index in enumerate(plan):
+    for index in plan:
         batch = collate_prompts(items, index, batch_size=batch_size, buckets=buckets(cfg),
                                 pad_id=pad_id(tok))
         mask = batch["attention_mask"].copy()
         mask[:, -1] = 1  # padding rows of a short batch need one real slot for the sampler
-        out = models.generate(model, batch["input_ids"], mask, key=jax.random.fold_in(key, b),
+        out = models.generate(model, batch["input_ids"], mask,
+                              key=row_keys[np.maximum(batch["index"], 0)],
                               max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, eos_token_id=tok.eos_token_id,
                               pad_token_id=pad_id(tok))

@@ -8,7 +8,7 @@ import ml_collections
 from cwpo_jax import confidence, losses
 from cwpo_jax.stages.defaults import defaults
 
-METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
+METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,10 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
           f"need 0 < max_prompt_len ({d.max_prompt_len}) < max_len ({d.max_len})")
     check(d.source == "file" or d.rater_temperature > 0, "data.rater_temperature",
           "must be > 0 for simulated raters")
+    check(d.responses_per_prompt >= 2, "data.responses_per_prompt",
+          f"must be >= 2, got {d.responses_per_prompt}")
+    check(d.pair_rule in ("first_two", "best_vs_random"), "data.pair_rule",
+          f"{d.pair_rule!r} is not first_two or best_vs_random")
     check(d.pool_seed >= -1, "data.pool_seed", f"must be >= 0, or -1 for the run's seed, got "
                                                 f"{d.pool_seed}")
     check(d.num_pairs >= 0, "data.num_pairs", f"must be >= 0, got {d.num_pairs}")
@@ -119,6 +123,9 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     check(len(a.methods) > 0, "align.methods", "is empty")
     for m in a.methods:
         check(m in METHODS, "align.methods", f"{m!r} not in {METHODS}")
+    check("gold" not in a.methods or d.source != "file", "align.methods",
+          "'gold' needs gold scores, which only the controlled settings write (data.source="
+          "synthetic or demo); remove it for data.source=file")
     check(a.chunk_size >= 0, "align.chunk_size", "must be >= 0")
     check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")

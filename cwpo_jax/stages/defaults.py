@@ -44,7 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.max_len = 512
     c.data.gold_judge = ""  # set for controlled settings (synthetic/demo): simulated raters
     c.data.rater_temperature = 0.0
-    # demo source: two responses per prompt sampled from the student, cached across runs
+    # demo source: responses sampled from the student (cached across runs), paired per prompt
+    # by pair_rule: "first_two", or "best_vs_random" (gold-best vs a random other)
+    c.data.responses_per_prompt = 2
+    c.data.pair_rule = "first_two"
     c.data.response_max_new_tokens = 48
     c.data.response_temperature = 0.8
     c.data.response_top_p = 0.95
@@ -59,6 +62,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.annotator = ml_collections.ConfigDict()
     c.annotator.model = ""  # HF dir / hub id / .gguf; "tiny:<family>" builds a random tiny one
     c.annotator.pooling = ""  # encoders: "" = pooler (as BertForSequenceClassification), mean, cls
+    c.annotator.train_backbone = True  # False: train the scalar head on a frozen backbone
     c.annotator.train = train_section(learning_rate=1e-5, batch_size=32, epochs=4.0)
 
     c.score = ml_collections.ConfigDict(dict(batch_size=64, tau=1.0))

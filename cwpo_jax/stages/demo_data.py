@@ -1,12 +1,15 @@
-"""Demo preference pool: real prompts (chatterbot-corpus), two responses each sampled from the
-student (the usual way preference data is made), cached on disk so it is built once.
+"""Demo preference pool: real prompts (chatterbot-corpus), `data.responses_per_prompt`
+responses each sampled from the student (the usual way preference data is made), cached on disk
+per prompt so a pool is built once and a larger pool reuses a smaller one's responses.
 
-The cache key covers the student checkpoint, the prompts and every sampling setting, so a
-changed setting never reuses stale responses.
+Every response draws from its own key, fold_in(key(pool seed), hash(prompt, j)), so a prompt's
+responses do not depend on which other prompts are in the pool. The cache file's key covers the
+student checkpoint and every sampling setting (not the prompt list), so a changed setting never
+reuses stale responses.
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
 
@@ -30,39 +33,57 @@ def demo_prompts(cfg) -> list[str]:
     return sorted(prompts, key=lambda p: seeded_rank(p, pool_seed(cfg)))[:cfg.data.num_pairs]
 
 
-def sampled_triples(cfg) -> list[tuple[str, str, str]]:
-    """(prompt, response a, response b) for the demo pool; pairs whose two responses are equal
-    or empty are dropped and counted in the log."""
-    student = common.model_path(cfg, cfg.sft.model)
-    prompts = demo_prompts(cfg)
+def response_row_id(prompt: str, j: int) -> int:
+    """The sampler's row id (key) of response j to `prompt`: a 32-bit hash of both."""
+    digest = hashlib.sha256(f"{j}\x00{prompt}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _cache_path(cfg) -> str:
     d = cfg.data
     # The original checkpoint's hash (not the converted copy's): the cache outlives run folders.
     source = cfg.sft.model if cfg.sft.model.startswith("tiny:") else assets.resolve(cfg.sft.model)
-    key = hash_json({"student": hash_path(source if os.path.exists(source) else student),
-                     "prompts": prompts, "seed": pool_seed(cfg),
+    student = source if os.path.exists(source) else common.model_path(cfg, cfg.sft.model)
+    key = hash_json({"student": hash_path(student), "seed": pool_seed(cfg), "keys": "per-row",
                      "max_new_tokens": d.response_max_new_tokens,
                      "temperature": d.response_temperature, "top_p": d.response_top_p,
                      "max_prompt_len": d.max_prompt_len, "max_len": d.max_len})
-    cache = os.path.join(os.path.expanduser(d.cache_dir), "demo_pairs", f"{key}.jsonl")
-    if os.path.exists(cache):
-        with open(cache, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-        common.log(STAGE, f"{len(rows)} sampled pairs from cache {cache}")
-    else:
-        messages = [[{"role": "user", "content": p}] for p in prompts]
-        sample = functools.partial(
-            common.sample_texts, cfg, student, messages, max_new_tokens=d.response_max_new_tokens,
-            temperature=d.response_temperature, top_p=d.response_top_p,
-            batch_size=d.sample_batch_size)
-        first = sample(seed=pool_seed(cfg), name=STAGE + " a")
-        second = sample(seed=pool_seed(cfg) + 10_000, name=STAGE + " b")
-        rows = [{"prompt": p, "a": a, "b": b} for p, a, b in zip(prompts, first, second)]
+    return os.path.join(os.path.expanduser(d.cache_dir), "demo_pairs", f"{key}.jsonl")
+
+
+def _read_cache(cache: str) -> dict[str, list[str]]:
+    if not os.path.exists(cache):
+        return {}
+    with open(cache, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return {r["prompt"]: r["responses"] for r in rows}
+
+
+def sampled_responses(cfg) -> list[tuple[str, list[str]]]:
+    """(prompt, [data.responses_per_prompt responses]) for the demo pool, from the cache where
+    it has them; the rest are sampled from the student and added to the cache."""
+    prompts = demo_prompts(cfg)
+    d = cfg.data
+    n = d.responses_per_prompt
+    cache = _cache_path(cfg)
+    cached = _read_cache(cache)
+    missing = [(p, j) for p in prompts for j in range(n) if len(cached.get(p, ())) <= j]
+    common.log(STAGE, f"{len(prompts) * n - len(missing)} of {len(prompts) * n} responses from "
+                      f"cache {cache}")
+    if missing:
+        texts = common.sample_texts(
+            cfg, common.model_path(cfg, cfg.sft.model),
+            [[{"role": "user", "content": p}] for p, _ in missing], seed=pool_seed(cfg),
+            row_ids=[response_row_id(p, j) for p, j in missing],
+            max_new_tokens=d.response_max_new_tokens, temperature=d.response_temperature,
+            top_p=d.response_top_p, batch_size=d.sample_batch_size, name=STAGE)
+        for (p, j), text in zip(missing, texts):
+            responses = cached.setdefault(p, [])
+            assert len(responses) == j  # `missing` lists each prompt's responses in order
+            responses.append(text)
         if jax.process_index() == 0:
             with atomic_open(cache) as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    triples = [(r["prompt"], r["a"], r["b"]) for r in rows if r["a"] and r["b"] and r["a"] != r["b"]]
-    if len(triples) < len(rows):
-        common.log(STAGE, f"dropped {len(rows) - len(triples)} pairs with an empty or duplicate "
-                          "response")
-    return triples
+                for p, responses in cached.items():
+                    f.write(json.dumps({"prompt": p, "responses": responses},
+                                       ensure_ascii=False) + "\n")
+    return [(p, cached[p][:n]) for p in prompts]

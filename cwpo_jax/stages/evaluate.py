@@ -4,21 +4,26 @@ For each held-out prompt, k = evaluate.samples_per_prompt responses are sampled 
 and k from the reference (KV-cache sampler, temperature evaluate.temperature); the gold judge
 scores them all; a prompt's win rate is the share of its k x k (policy, reference) comparisons
 the policy wins (ties count half) and GRA is the mean over prompts, with a bootstrap 95%
-interval over prompts. Writes eval/samples_<name>.jsonl (one line per response), results.json
+interval over prompts. Policies share their sampling keys (common random numbers), so the
+paired differences between methods (DIFFERENCES) measure the methods, not the draws; the
+reference uses independent keys. Student movement (stages/movement.py), label quality
+(align/label_quality.json) and the annotator's gold diagnostics (score stage) go into
+results.json next to GRA. Writes eval/samples_<name>.jsonl (one line per response), results.json
 and results.md; a rerun with the same seed, methods and evaluate settings skips the stage.
 """
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
 
 from cwpo_jax import gold as gold_lib
 from cwpo_jax import report, scores
-from cwpo_jax.evaluation import gold_reward_accuracy
+from cwpo_jax.evaluation import gold_reward_accuracy, paired_difference, prompt_win_rates
 from cwpo_jax.io_utils import atomic_open, write_json
-from cwpo_jax.stages import common, sft
+from cwpo_jax.stages import common, movement, sft
 from cwpo_jax.stages import score as score_stage
 
 STAGE = "eval"
@@ -35,12 +40,20 @@ def eval_prompts(cfg) -> list:
     return prompts[:cfg.data.max_eval_prompts]
 
 
-def sample(cfg, model_path: str, prompts, *, seed: int, name: str) -> list[str]:
+# Sampling streams: every policy draws from the same keys (common random numbers, so methods
+# differ by their weights, not by their luck); the reference from other, independent keys, so
+# each GRA still compares independent draws.
+REFERENCE_STREAM, POLICY_STREAM = 0, 1_000_003
+
+
+def sample(cfg, model_path: str, prompts, *, stream: int, name: str) -> list[str]:
     """evaluate.samples_per_prompt responses per prompt, prompt-major (entry i * k + j is sample
-    j of prompt i). The copies of a prompt share the sampler's batches and draw independently."""
+    j of prompt i), sample j of prompt i drawn from key (seed + stream, i * k + j) alone."""
     e = cfg.evaluate
-    repeated = [p for p in prompts for _ in range(e.samples_per_prompt)]
-    return common.sample_texts(cfg, model_path, repeated, seed=seed,
+    k = e.samples_per_prompt
+    repeated = [p for p in prompts for _ in range(k)]
+    return common.sample_texts(cfg, model_path, repeated, seed=cfg.seed + stream,
+                               row_ids=list(range(len(repeated))),
                                max_new_tokens=e.max_new_tokens, temperature=e.temperature,
                                top_p=e.top_p, batch_size=e.batch_size, name=name)
 
@@ -59,31 +72,100 @@ def _settings(cfg) -> dict:
                                   "evaluate": cfg.evaluate.to_dict()}))
 
 
+# Paired comparisons reported when both methods ran: (A, B) gives GRA(A) - GRA(B).
+DIFFERENCES = (("weak_confidence", "human"), ("weak_confidence", "weak"),
+               ("top_fraction", "weak"), ("human_all", "human"), ("gold", "human"))
+
+
+def differences(win_rates: dict[str, np.ndarray], *, seed: int, resamples: int) -> dict:
+    """{"A-B": paired bootstrap of GRA(A) - GRA(B) over prompts} for DIFFERENCES present."""
+    return {f"{a}-{b}": paired_difference(win_rates[a], win_rates[b], seed=seed,
+                                          resamples=resamples)
+            for a, b in DIFFERENCES if a in win_rates and b in win_rates}
+
+
+def _pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _num(x, fmt=".3f") -> str:
+    return "-" if x is None or x != x else format(x, fmt)
+
+
+def label_quality_markdown(quality: dict) -> list[str]:
+    lines = ["| method | pairs | gold accuracy (%) | weighted gold accuracy (%) | "
+             "weight on gold ties (%) |", "|---|---|---|---|---|"]
+    for name, q in quality.items():
+        lines.append(f"| {name} | {q['pairs']:g} | {_pct(q['gold_accuracy'])} | "
+                     f"{_pct(q['weighted_gold_accuracy'])} | {_pct(q['tie_weight_share'])} |")
+    return lines
+
+
+def differences_markdown(diffs: dict, interval: str) -> list[str]:
+    lines = [f"| difference | GRA points | 95% interval ({interval}) |", "|---|---|---|"]
+    for name, d in diffs.items():
+        lines.append(f"| {name} | {100 * d['diff']:+.1f} | [{100 * d['ci_low']:+.1f}, "
+                     f"{100 * d['ci_high']:+.1f}] |")
+    return lines
+
+
+def annotator_markdown(a: dict) -> list[str]:
+    text = (f"Annotator on the unlabelled share: accuracy vs human labels "
+            f"{_pct(a['accuracy_vs_human'])}%")
+    if "accuracy_vs_gold" in a:
+        text += (f", vs gold {_pct(a['accuracy_vs_gold'])}% (simulated raters vs gold "
+                 f"{_pct(a['human_vs_gold'])}%; {a['gold_decided_pairs']} pairs with a gold "
+                 f"preference); the {100 * a['top_fraction']:g}% most confident labels "
+                 f"{_pct(a['top_fraction_gold_accuracy'])}% vs gold; correlation of C1 with the "
+                 f"gold gap {_num(a['gold_gap_correlation'], '.2f')}")
+    text += (f"; mean C1 {_num(a['mean_confidence'])}; ECE vs human "
+             f"{_num(a['ece_vs_human'])}.")
+    lines = [text]
+    if "accuracy_by_decile_vs_gold" in a:
+        rows = [r for r in a["accuracy_by_decile_vs_gold"] if r["count"]]
+        lines += ["", "Gold accuracy of the weak labels per C1 decile (least confident first): "
+                  + ", ".join(f"{_pct(r['accuracy'])}% (C1 {r['c_low']:.2f}-{r['c_high']:.2f}, "
+                              f"{r['count']})" for r in rows) + "."]
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     cfg = results["config"]
     lines = [f"Student {cfg['sft']['model']} (reference = "
              f"{'its SFT' if cfg['sft']['enabled'] else 'the model as given'}), weak annotator "
              f"{cfg['annotator']['model']} trained on {100 * cfg['data']['labelled_fraction']:.0f}%"
              f" human labels, loss {cfg['align']['loss']} (beta {cfg['align']['beta']}).", "",
-             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained |",
-             "|---|---|---|---|---|"]
+             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained | "
+             "final train loss | held-out implicit-reward accuracy vs gold (%) | KL estimate |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, m in results["methods"].items():
         lines.append(f"| {name} | {100 * m['gra']:.1f} | [{100 * m['ci_low']:.1f}, "
-                     f"{100 * m['ci_high']:.1f}] | {m['mean_gold']:.3f} | {m['pairs']} |")
+                     f"{100 * m['ci_high']:.1f}] | {m['mean_gold']:.3f} | {m['pairs']} | "
+                     f"{_num(m.get('final_loss'))} | {_pct(m.get('heldout_gold_accuracy'))} | "
+                     f"{_num(m.get('kl_estimate'), '.2f')} |")
     ref = results["reference"]
-    lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - |")
-    a = results["annotator"]
+    lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - | - | - | - |")
     k = ref["samples_per_prompt"]
     samples = (f", {k} samples per prompt from each model (GRA per prompt over the {k} x {k} "
                f"comparisons; the interval resamples prompts)" if k > 1 else "")
-    lines += ["", f"Prompts: {ref['prompts']}{samples}. Gold judge: {results['gold_judge']}.",
-              f"Annotator accuracy on the unlabelled share: vs human labels "
-              f"{100 * a['accuracy_vs_human']:.1f}%" + (
-                  f", vs gold {100 * a['accuracy_vs_gold']:.1f}% (simulated raters vs gold "
-                  f"{100 * a['human_vs_gold']:.1f}%; {a['gold_decided_pairs']} pairs with a gold "
-                  f"preference)" if "accuracy_vs_gold" in a else "")
-              + f"; ECE vs human {a['ece_vs_human']:.3f}."]
+    lines += ["", f"Prompts: {ref['prompts']}{samples}. Gold judge: {results['gold_judge']}. "
+                  "Every policy is sampled with the same per-prompt keys (common random numbers)."]
+    if results.get("differences"):
+        lines += ["", "Paired differences (same prompts, same reference samples):", ""]
+        lines += differences_markdown(results["differences"], "paired bootstrap over prompts")
+    if results.get("label_quality"):
+        lines += ["", "Label quality by gold, before training (what each method trains on):", ""]
+        lines += label_quality_markdown(results["label_quality"])
+    lines += [""] + annotator_markdown(results["annotator"])
     return "\n".join(lines) + "\n"
+
+
+def _final_loss(cfg, method: str):
+    metrics = common.path(cfg, "align", method, "metrics.jsonl")
+    if not os.path.exists(metrics):
+        return None
+    records = [r for r in report.read_metrics(metrics) if "loss" in r]
+    return records[-1]["loss"] if records else None
 
 
 def run(cfg) -> dict:
@@ -98,27 +180,40 @@ def run(cfg) -> dict:
     k = cfg.evaluate.samples_per_prompt
     prompt_texts = [p[-1]["content"] for p in prompts for _ in range(k)]
     ref_path = sft.reference_path(cfg)
-    ref_texts = sample(cfg, ref_path, prompts, seed=cfg.seed, name=STAGE + "/reference")
+    ref_texts = sample(cfg, ref_path, prompts, stream=REFERENCE_STREAM, name=STAGE + "/reference")
     ref_gold = judge.score(prompt_texts, ref_texts)
     _write_samples(cfg, "reference", prompts, ref_texts, ref_gold, k)
-    methods = {}
-    for i, method in enumerate(cfg.align.methods):
+    methods, win_rates, policies = {}, {}, {}
+    for method in cfg.align.methods:
         summary = common.read_json(common.done_marker(cfg, f"align/{method}"))
-        texts = sample(cfg, summary["policy"], prompts, seed=cfg.seed + 1 + i,
+        texts = sample(cfg, summary["policy"], prompts, stream=POLICY_STREAM,
                        name=f"{STAGE}/{method}")
+        policies[method] = (summary["policy"], texts)
         policy_gold = judge.score(prompt_texts, texts)
         _write_samples(cfg, method, prompts, texts, policy_gold, k)
+        win_rates[method] = prompt_win_rates(np.reshape(policy_gold, (-1, k)),
+                                             np.reshape(ref_gold, (-1, k)))
         stats = gold_reward_accuracy(np.reshape(policy_gold, (-1, k)),
                                      np.reshape(ref_gold, (-1, k)), seed=cfg.seed,
                                      resamples=cfg.evaluate.bootstrap)
         methods[method] = {**stats, "mean_gold": float(np.mean(policy_gold)),
-                           "pairs": summary["pairs"], "mean_weight": summary["mean_weight"]}
+                           "pairs": summary["pairs"], "mean_weight": summary["mean_weight"],
+                           "final_loss": _final_loss(cfg, method)}
         common.log(STAGE, f"{method}: GRA {stats['gra']:.1%} "
                           f"[{stats['ci_low']:.1%}, {stats['ci_high']:.1%}]")
+    for method, moved in movement.student_movement(cfg, prompts, k, ref_path, ref_texts,
+                                                   policies).items():
+        methods[method].update(moved)
     score_summary = common.read_json(common.done_marker(cfg, "score"))
     annotator = {k: v for k, v in score_summary.items() if k != "annotator"}
     annotator.update(common.read_json(common.done_marker(cfg, "annotator")))
-    results = {"methods": methods, "annotator": annotator, "gold_judge": judge.name,
+    quality_path = common.path(cfg, "align", "label_quality.json")
+    results = {"methods": methods,
+               "differences": differences(win_rates, seed=cfg.seed,
+                                          resamples=cfg.evaluate.bootstrap),
+               "label_quality": (common.read_json(quality_path)
+                                 if os.path.exists(quality_path) else None),
+               "annotator": annotator, "gold_judge": judge.name,
                "reference": {"mean_gold": float(np.mean(ref_gold)), "prompts": len(prompts),
                              "samples_per_prompt": k},
                "data": common.read_json(common.done_marker(cfg, "data")),

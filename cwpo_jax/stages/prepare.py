@@ -56,18 +56,47 @@ def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
+def demo_triples(prompt_responses, judge, *, rule: str, seed: int):
+    """(prompt, a, b, gold a, gold b) per prompt from its sampled responses; counts of prompts
+    dropped for lack of two distinct non-empty responses.
+
+    rule "first_two": the first two distinct responses. "best_vs_random": the gold-best response
+    against a random other (seeded by prompt), the way UltraFeedback is binarised: every pair
+    then has a response that is better than a typical one."""
+    out, dropped = [], 0
+    for prompt, responses in prompt_responses:
+        distinct = list(dict.fromkeys(r for r in responses if r))
+        if len(distinct) < 2:
+            dropped += 1
+            continue
+        scores = judge.score([prompt] * len(distinct), distinct)
+        if rule == "first_two":
+            i, j = 0, 1
+        else:
+            i = int(np.argmax(scores))
+            others = [k for k in range(len(distinct)) if k != i]
+            j = min(others, key=lambda k: seeded_rank(f"{k}\x00{prompt}", seed))
+        out.append((prompt, distinct[i], distinct[j], float(scores[i]), float(scores[j])))
+    return out, dropped
+
+
 def label_with_raters(triples, cfg, source: str):
-    """Controlled setting: gold scores + simulated raters -> pairs in human order, gold map."""
-    judge = gold_lib.make_judge(cfg.data.gold_judge)
+    """Controlled setting: gold scores + simulated raters -> pairs in human order, gold map.
+    triples: (prompt, a, b), or (prompt, a, b, gold a, gold b) when already scored."""
     prompts = [t[0] for t in triples]
-    gold_a = judge.score(prompts, [t[1] for t in triples])
-    gold_b = judge.score(prompts, [t[2] for t in triples])
-    ids = [content_id(source, [{"role": "user", "content": p}], a, b) for p, a, b in triples]
+    if triples and len(triples[0]) == 5:
+        gold_a = np.asarray([t[3] for t in triples], np.float64)
+        gold_b = np.asarray([t[4] for t in triples], np.float64)
+    else:
+        judge = gold_lib.make_judge(cfg.data.gold_judge)
+        gold_a = judge.score(prompts, [t[1] for t in triples])
+        gold_b = judge.score(prompts, [t[2] for t in triples])
+    ids = [content_id(source, [{"role": "user", "content": t[0]}], t[1], t[2]) for t in triples]
     human_a = gold_lib.simulate_human_labels(gold_a, gold_b, ids,
                                              temperature=cfg.data.rater_temperature,
                                              seed=cfg.seed)
     pairs, gold = [], {}
-    for i, (prompt, a, b) in enumerate(triples):
+    for i, (prompt, a, b, *_) in enumerate(triples):
         chosen, rejected = (a, b) if human_a[i] else (b, a)
         g_chosen, g_rejected = (gold_a[i], gold_b[i]) if human_a[i] else (gold_b[i], gold_a[i])
         pairs.append(PreferencePair(id=ids[i], prompt=({"role": "user", "content": prompt},),
@@ -116,9 +145,14 @@ def run(cfg) -> dict:
     else:
         from cwpo_jax.stages import demo_data
 
-        triples = demo_data.sampled_triples(cfg)
+        triples, dropped = demo_triples(demo_data.sampled_responses(cfg),
+                                        gold_lib.make_judge(cfg.data.gold_judge),
+                                        rule=cfg.data.pair_rule, seed=pool_seed(cfg))
+        if dropped:
+            common.log(STAGE, f"dropped {dropped} prompts without two distinct non-empty "
+                              "responses")
         pairs, gold, stats = label_with_raters(triples, cfg, "demo")
-        summary.update(stats)
+        summary.update(stats, prompts_dropped=dropped)
     if cfg.data.source == "file" and cfg.data.num_pairs and len(pairs) > cfg.data.num_pairs:
         pairs = sorted(pairs, key=lambda p: seeded_rank(p.id, pool_seed(cfg)))[:cfg.data.num_pairs]
     splits = split_pairs(pairs, seed=cfg.seed, labelled=cfg.data.labelled_fraction,

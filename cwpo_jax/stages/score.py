@@ -11,8 +11,8 @@ import time
 import jax
 import numpy as np
 
-from cwpo_jax import models, scores
-from cwpo_jax.evaluation import label_accuracy, reliability_table
+from cwpo_jax import confidence, models, scores
+from cwpo_jax.evaluation import accuracy_by_decile, correlation, label_accuracy, reliability_table
 from cwpo_jax.io_utils import hash_path
 from cwpo_jax.stages import common
 from cwpo_jax.stages.annotator import score_pairs
@@ -27,6 +27,23 @@ def annotator_identity(cfg) -> dict:
 
 def scores_path(cfg) -> str:
     return common.path(cfg, STAGE, "scores.jsonl")
+
+
+def gold_diagnostics(cfg, ids, gold, score_a, score_b) -> dict:
+    """Whether the annotator's confidence tracks the gold preference: correlation of C1 with
+    the gold gap |gold a - gold b| (ties included, gap 0), gold accuracy of the
+    align.top_fraction most confident labels and per confidence decile (gold-decided pairs)."""
+    gap = np.asarray([abs(gold[i][0] - gold[i][1]) for i in ids], np.float64)
+    gold_a = np.asarray([gold[i][0] > gold[i][1] for i in ids])
+    decided = gap > 0
+    conf = np.asarray(confidence.confidence(score_a, score_b, kind="c1"), np.float64)
+    correct = (score_a >= score_b) == gold_a
+    top = np.asarray(confidence.top_fraction_mask(np.abs(score_a - score_b),
+                                                  cfg.align.top_fraction)) & decided
+    return {"gold_gap_correlation": correlation(conf, gap),
+            "top_fraction_gold_accuracy": label_accuracy(correct[top], np.ones(top.sum(), bool)),
+            "top_fraction": cfg.align.top_fraction,
+            "accuracy_by_decile_vs_gold": accuracy_by_decile(conf[decided], correct[decided])}
 
 
 def run(cfg) -> dict:
@@ -47,7 +64,7 @@ def run(cfg) -> dict:
         scores.write_scores(scores_path(cfg), ids, score_a, score_b, annotator=identity,
                             tau=cfg.score.tau)
     weak_a = score_a >= score_b
-    conf = np.tanh(np.abs(score_a - score_b) / 2)
+    conf = np.asarray(confidence.confidence(score_a, score_b, kind="c1"), np.float64)
     summary = {"annotator": identity, "pairs": len(ids), "pairs_per_s": len(ids) / seconds,
                "accuracy_vs_human": label_accuracy(weak_a, np.ones(len(ids), bool)),
                "mean_confidence": float(conf.mean())}
@@ -63,8 +80,12 @@ def run(cfg) -> dict:
                                                   gold_a[decided])
         summary["calibration_vs_gold"], summary["ece_vs_gold"] = reliability_table(
             conf[decided], weak_a[decided] == gold_a[decided])
+        summary.update(gold_diagnostics(cfg, ids, gold, score_a, score_b))
     common.log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
                       f"human {summary['accuracy_vs_human']:.1%}" + (
-                          f", vs gold {summary['accuracy_vs_gold']:.1%}" if gold else ""))
+                          f", vs gold {summary['accuracy_vs_gold']:.1%} (top "
+                          f"{cfg.align.top_fraction:.0%}: {summary['top_fraction_gold_accuracy']:.1%}"
+                          f"; C1 vs gold gap r = {summary['gold_gap_correlation']:.2f})"
+                          if gold else ""))
     common.mark_done(cfg, STAGE, summary)
     return summary

@@ -17,11 +17,20 @@ from cwpo_jax.evaluation import seed_interval
 from cwpo_jax.io_utils import atomic_open, write_json
 from cwpo_jax.stages import common
 from cwpo_jax.stages.config import run_name
+from cwpo_jax.stages.evaluate import DIFFERENCES, differences_markdown, label_quality_markdown
 
 T_INTERVAL = "95% Student-t interval of the mean over seeds"
 BOOTSTRAP = "95% bootstrap interval over prompts of the single seed"
 ANNOTATOR_KEYS = ("accuracy_vs_human", "accuracy_vs_gold", "human_vs_gold",
-                  "heldout_accuracy_vs_human", "mean_confidence", "ece_vs_human", "ece_vs_gold")
+                  "heldout_accuracy_vs_human", "mean_confidence", "ece_vs_human", "ece_vs_gold",
+                  "gold_gap_correlation", "top_fraction_gold_accuracy")
+MOVEMENT_KEYS = ("final_loss", "heldout_gold_accuracy", "kl_estimate")
+QUALITY_KEYS = ("pairs", "gold_accuracy", "weighted_gold_accuracy", "tie_weight_share")
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _method_summary(per_run: list[dict], seeds: list[int]) -> dict:
@@ -33,6 +42,7 @@ def _method_summary(per_run: list[dict], seeds: list[int]) -> dict:
             "interval": BOOTSTRAP if one else T_INTERVAL, "seeds": stats["n"],
             "mean_gold": float(np.mean([m["mean_gold"] for m in per_run])),
             "pairs": float(np.mean([m["pairs"] for m in per_run])),
+            **{k: _mean([m.get(k) for m in per_run]) for k in MOVEMENT_KEYS},
             "runs": [{"seed": s, **{k: m[k] for k in ("gra", "ci_low", "ci_high", "mean_gold",
                                                       "pairs")}}
                      for s, m in zip(seeds, per_run)]}
@@ -44,6 +54,31 @@ def _annotator_summary(per_run: list[dict], seeds: list[int]) -> dict:
     out["seeds"] = len(per_run)
     out["runs"] = [{"seed": s, **{k: a[k] for k in keys}} for s, a in zip(seeds, per_run)]
     return out
+
+
+def _differences(group: list[dict]) -> dict:
+    """Per difference "A-B" of evaluate.DIFFERENCES: the mean over seeds of the per-seed GRA
+    differences with a Student-t interval (a single seed keeps its paired bootstrap)."""
+    out = {}
+    for a, b in DIFFERENCES:
+        if not all(a in r["methods"] and b in r["methods"] for r in group):
+            continue
+        per_seed = [r["methods"][a]["gra"] - r["methods"][b]["gra"] for r in group]
+        stats = seed_interval(per_seed)
+        if stats["n"] == 1:
+            out[f"{a}-{b}"] = {**group[0]["differences"][f"{a}-{b}"], "per_seed": per_seed}
+        else:
+            out[f"{a}-{b}"] = {"diff": stats["mean"], "sd": stats["sd"], "ci_low": stats["ci_low"],
+                               "ci_high": stats["ci_high"], "n": stats["n"],
+                               "interval": T_INTERVAL, "per_seed": per_seed}
+    return out
+
+
+def _label_quality(group: list[dict]) -> dict | None:
+    if not all(r.get("label_quality") for r in group):
+        return None
+    return {m: {k: _mean([r["label_quality"][m][k] for r in group]) for k in QUALITY_KEYS}
+            for m in group[0]["label_quality"]}
 
 
 def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
@@ -59,17 +94,22 @@ def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
             "methods": {name: _method_summary([r["methods"][name] for _, r in group], seeds)
                         for name in group[0][1]["methods"]},
             "annotator": _annotator_summary([r["annotator"] for _, r in group], seeds),
+            "differences": _differences([r for _, r in group]),
+            "label_quality": _label_quality([r for _, r in group]),
             "reference": {"mean_gold": float(np.mean([r["reference"]["mean_gold"]
                                                       for _, r in group])),
                           "prompts": group[0][1]["reference"]["prompts"],
                           "samples_per_prompt": group[0][1]["reference"]["samples_per_prompt"]}})
     main = by_fraction[0]
     return {"methods": main["methods"], "annotator": main["annotator"],
+            "differences": main["differences"], "label_quality": main["label_quality"],
             "reference": main["reference"], "labelled_fraction": main["labelled_fraction"],
             "gold_judge": runs[0][2]["gold_judge"], "config": config,
             "sweep": {"fractions": by_fraction,
                       "runs": [{"labelled_fraction": f, "seed": s, "dir": run_name(f, s),
                                 "methods": r["methods"], "annotator": r["annotator"],
+                                "differences": r.get("differences"),
+                                "label_quality": r.get("label_quality"),
                                 "reference": r["reference"]} for f, s, r in runs]}}
 
 
@@ -101,16 +141,31 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cell(f["methods"][name]) for f in fractions)
                      + " |")
     for key, label in (("accuracy_vs_human", "annotator accuracy vs human labels"),
-                       ("accuracy_vs_gold", "annotator accuracy vs gold")):
+                       ("accuracy_vs_gold", "annotator accuracy vs gold"),
+                       ("top_fraction_gold_accuracy", "annotator's most confident labels vs gold"),
+                       ("human_vs_gold", "simulated raters vs gold")):
         if all(key in f["annotator"] for f in fractions):
             lines.append(f"| {label} (mean) | " + " | ".join(
                 _pct(f["annotator"][key]) for f in fractions) + " |")
+    if all("gold_gap_correlation" in f["annotator"] for f in fractions):
+        lines.append("| correlation of C1 with the gold gap (mean) | " + " | ".join(
+            f"{f['annotator']['gold_gap_correlation']:.2f}" for f in fractions) + " |")
     lines += ["", (f"95% intervals of the mean GRA (%): {T_INTERVAL}; with one seed, that run's "
                    "bootstrap interval over prompts (marked *)."), "", head, rule]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(
             f"[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]" + ("*" if m["seeds"] == 1 else "")
             for m in (f["methods"][name] for f in fractions)) + " |")
+    for f in fractions:
+        label = f"{100 * f['labelled_fraction']:g}% labels, {len(f['seeds'])} seed(s)"
+        if f["differences"]:
+            interval = T_INTERVAL if len(f["seeds"]) > 1 else BOOTSTRAP
+            lines += ["", f"Paired GRA differences, {label}:", ""]
+            lines += differences_markdown(f["differences"], interval)
+        if f["label_quality"]:
+            lines += ["", f"Label quality by gold before training, {label} (mean over seeds):",
+                      ""]
+            lines += label_quality_markdown(f["label_quality"])
     lines += ["", ("Every run: GRA (%) [bootstrap 95% interval over prompts]; annotator accuracy "
                    "(%) vs human labels / vs gold."), "",
               "| labelled | seed | " + " | ".join(names) + " | annotator |",

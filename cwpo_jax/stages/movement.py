@@ -1,0 +1,73 @@
+"""How far each aligned policy moved from its reference, measured apart from GRA.
+
+heldout_gold_accuracy: on the eval split's gold-decided pairs, the share where the policy's
+  implicit reward (log pi - log pi_ref) ranks the gold-better response higher (ties half).
+kl_estimate: mean of log pi(y) - log pi_ref(y) over the policy's own first evaluation sample of
+  every prompt (summed over response tokens, the decoded text re-tokenised). Sampled at
+  evaluate.temperature, so it estimates KL(pi || pi_ref) up to that temperature.
+"""
+from __future__ import annotations
+
+from cwpo_jax import models
+from cwpo_jax.data import PreferencePair, content_id
+from cwpo_jax.evaluation import implicit_reward_accuracy, kl_estimate
+from cwpo_jax.stages import align, common
+
+
+def _gold_ordered_eval_pairs(cfg) -> list[PreferencePair]:
+    """Eval pairs in the gold order (gold-better as chosen), gold ties left out; [] without gold."""
+    gold = common.load_gold(cfg)
+    if gold is None:
+        return []
+    ordered = []
+    for p in common.load_split(cfg, "eval"):
+        g_chosen, g_rejected = gold[p.id]
+        if g_chosen != g_rejected:
+            ordered.append(p if g_chosen > g_rejected else
+                           PreferencePair(id=p.id, prompt=p.prompt, chosen=p.rejected,
+                                          rejected=p.chosen, source=p.source))
+    return ordered
+
+
+def _sample_pairs(prompts, policy_texts, ref_texts, k: int) -> list[PreferencePair]:
+    """(policy sample 0, reference sample 0) of every prompt where both texts are non-empty."""
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        a, b = policy_texts[i * k], ref_texts[i * k]
+        if a and b:
+            pairs.append(PreferencePair(id=content_id("eval_sample", prompt, a, b),
+                                        prompt=tuple(prompt), chosen=a, rejected=b,
+                                        source="eval_sample"))
+    return pairs
+
+
+def _logprobs(cfg, model_path: str, pairs, tok, name: str):
+    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
+    return align.pair_logprobs_pass(cfg, models.from_pretrained(model_path), tokenized, tok,
+                                    name=name)
+
+
+def student_movement(cfg, prompts, k: int, ref_path: str, ref_texts,
+                     policies: dict[str, tuple[str, list[str]]]) -> dict:
+    """{method: {heldout_gold_accuracy, heldout_pairs, kl_estimate, kl_samples}} for
+    policies = {method: (policy checkpoint, its evaluation samples, prompt-major)}."""
+    tok = models.load_tokenizer(ref_path)
+    heldout = _gold_ordered_eval_pairs(cfg)
+    h = len(heldout)
+    samples = {m: _sample_pairs(prompts, texts, ref_texts, k) for m, (_, texts) in policies.items()}
+    # One reference pass over the held-out pairs and every method's samples.
+    everything = heldout + [p for m in policies for p in samples[m]]
+    ref_a, ref_b = _logprobs(cfg, ref_path, everything, tok, "eval/movement/reference")
+    out, start = {}, h
+    for method, (policy_path, _) in policies.items():
+        n = len(samples[method])
+        pol_a, pol_b = _logprobs(cfg, policy_path, heldout + samples[method], tok,
+                                 f"eval/movement/{method}")
+        out[method] = {
+            "heldout_gold_accuracy": (implicit_reward_accuracy(pol_a[:h], pol_b[:h], ref_a[:h],
+                                                               ref_b[:h]) if h else None),
+            "heldout_pairs": h,
+            "kl_estimate": kl_estimate(pol_a[h:], ref_a[start:start + n]) if n else None,
+            "kl_samples": n}
+        start += n
+    return out
