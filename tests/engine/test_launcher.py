@@ -80,6 +80,9 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both_and_resume_matches(t
     proc = launch(worker)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0 and _status(out_dir) == [None, None], log[-3000:]
+    # Every log line of the loop and the checkpointer from process 0 only.
+    assert log.count(f"[train] resumed from {out_dir}/ckpt/{first}") == 1, log[-3000:]
+    assert log.count("[test] step 8/8") == 1
     # The same losses as one uninterrupted process on a mesh of the same shape (data=2).
     run(str(tmp_path / "one"), 8, save_every=0)
     want, got = losses_by_step(str(tmp_path / "one")), losses_by_step(str(out_dir))
