@@ -1,39 +1,22 @@
-"""The bigger demo: three seeds at 30% labels plus the 20%-label variant, four samples per
-evaluation prompt, in one command of about an hour on 2 CPU cores:
+"""The experiment: does CW-DPO on weak labels beat DPO on human labels here? Three seeds, six
+methods, one command of about an hour on 2 CPU cores:
 
 python launch/pipeline.py --config=configs/demo_full.py --config.output_dir=runs/demo_full
 
-Same models, judge, rater temperature, methods and training settings as configs/demo_quick.py
-(see there). Runs (sweep.runs, each a full pipeline in runs/demo_full/frac<f>_seed<s>/, all on
-one pool of 240 sampled pairs, pool seed 0): seeds 0, 1, 2 at 30% labels, seed 0 at 20% labels.
-The seed of a run draws its splits, simulated rater labels, annotator head and batch order, LoRA
-init and dropout, and evaluation samples. 60 held-out prompts per run (the same ones for both
-fractions of seed 0), 4 responses per prompt from every model (GRA per prompt over 4 x 4
-comparisons); results.md gives mean ± sd over seeds and a 95% t-interval over seeds. Methods:
-demo_quick's four plus DPO on 100% of the human labels (human_all).
-
-Sizes were fixed before any demo_full result, from the demo_quick stage times measured on 2
-cores (sampling 384 responses 94 s = 0.245 s/response; annotator 58 pairs x 10 epochs 62 s =
-0.107 s/pair-epoch; alignment 358 s for 86 + 86 + 86 + 26 = 284 pair-epochs = 1.26 s/pair-epoch,
-reference pass and per-method overhead included; evaluation 48 prompts x 5 models 55 s = 0.229
-s/response) plus 12 s per run folder to convert the GGUF student (measured):
-  pool, once:          240 prompts x 2 responses x 0.245                       =  118 s
-  30% run (x 3):       72 labelled, 60 eval, 108 unlabelled pairs
-    annotator          72 x 10 epochs x 0.107                                  =   77 s
-    alignment          (3 x 108 + 33 top-30%) = 357 pair-epochs x 1.26         =  450 s
-    evaluation         60 prompts x 4 samples x 5 models x 0.229               =  275 s
-                       (batches of 48: five full batches per model)
-    conversion                                                                 =   12 s
-                                                                         run   =  814 s
-  20% run (x 1):       48 labelled, 60 eval, 132 unlabelled pairs
-    annotator 48 x 10 x 0.107 = 51 s; alignment (3 x 132 + 40) = 436 x 1.26 = 549 s;
-    evaluation 275 s; conversion 12 s                                    run   =  887 s
-  total 118 + 3 x 814 + 887 = 3447 s, about 57 minutes (the XLA compilation cache in
-  ~/.cache/cwpo_jax/xla and the pool cache make a second sweep faster).
-human_all (labelled + unlabelled pairs: 180 pair-epochs per run, 60 x 4 more evaluation
-responses) adds about 180 x 1.26 + 240 x 0.229 = 282 s per run at these rates, 1128 s in all;
-packed pair rows (prefix sharing, align.packed_pairs, added after demo_quick was timed) cut the
-alignment cost, so the sweep was expected at 60-75 minutes. The measured time is in README.md.
+Same student, annotator, judge and LoRA as configs/demo_quick.py, on a pool built to give the
+annotator something to learn (docs/experiments.md, pilots 1-3; settings fixed from the gold
+oracle's movement and the annotator's accuracy against gold, never from the comparison):
+- 480 chatterbot prompts, 4 responses each sampled from the student; each pair is the gold-best
+  response against a random other (as UltraFeedback is binarised); raters at temperature 0.51,
+  re-fixed from this pool's gold gaps for 70% agreement (scripts/rater_temperature.py);
+- per run: 30% labelled (144 pairs) for the annotator, 15% eval (72 prompts), 55% unlabelled
+  (264 pairs) for alignment;
+- annotator: full fine-tuning, lr 5e-5, 6 epochs (pilot 2's best against gold);
+- student: LoRA DPO, lr 2e-3, one epoch, batch 8 (pilot 3: the budget at which `gold` moves);
+- methods gold, human_all, human, weak (WS-DPO), weak_confidence (CW-DPO), top_fraction (30%);
+  paired differences per run (bootstrap over prompts) and over seeds (t-interval);
+- seeds 0, 1, 2 at 30% labels (spend on seeds before prompts: one method's GRA moved by 20
+  points between two training seeds in the issue's pilots); one sample per prompt.
 """
 import os
 import sys
@@ -45,10 +28,19 @@ from configs import demo_quick
 
 def get_config():
     c = demo_quick.get_config()
-    c.data.num_pairs = 240
-    c.data.eval_fraction = 0.25
-    c.data.max_eval_prompts = 60
-    c.evaluate.samples_per_prompt = 4
-    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction")
-    c.sweep.runs = ((0.3, 0), (0.3, 1), (0.3, 2), (0.2, 0))
+    c.data.num_pairs = 480
+    c.data.responses_per_prompt = 4
+    c.data.pair_rule = "best_vs_random"
+    c.data.rater_temperature = 0.51
+    c.data.sample_batch_size = 64
+    c.data.labelled_fraction = 0.3
+    c.data.eval_fraction = 0.15
+    c.data.max_eval_prompts = 72
+    c.annotator.train.update(dict(learning_rate=5e-5, batch_size=16, epochs=6.0,
+                                  warmup_steps=5, log_every=10, save_every=0))
+    c.align.methods = ("gold", "human_all", "human", "weak", "weak_confidence", "top_fraction")
+    c.align.train.update(dict(learning_rate=2e-3, batch_size=8, epochs=1.0, warmup_steps=2,
+                              weight_decay=0.0, log_every=4, save_every=0))
+    c.evaluate.samples_per_prompt = 1
+    c.sweep.runs = ((0.3, 0), (0.3, 1), (0.3, 2))
     return c

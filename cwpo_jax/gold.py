@@ -84,3 +84,23 @@ def simulate_human_labels(gold_a, gold_b, ids: Sequence[str], *, temperature: fl
     p_a = 1.0 / (1.0 + np.exp(-np.clip(diff, -500, 500)))
     draws = np.asarray([_uniform(i, seed) for i in ids])
     return draws < p_a
+
+
+def rater_temperature(gold_a, gold_b, agreement: float) -> float:
+    """The rater temperature T at which Bradley-Terry raters agree with the gold order on
+    `agreement` of the gold-decided pairs in expectation: mean(sigmoid(|gap| / T)) = agreement,
+    solved by bisection on log T (the mean falls monotonically from 1 to 0.5 as T grows)."""
+    gaps = np.abs(np.asarray(gold_a, np.float64) - np.asarray(gold_b, np.float64))
+    gaps = gaps[gaps > 0]
+    if gaps.size == 0 or not 0.5 < agreement < 1.0:
+        raise ValueError(f"need gold-decided pairs and an agreement in (0.5, 1), got "
+                         f"{gaps.size} pairs and {agreement}")
+
+    def mean_agreement(t):
+        return float(np.mean(1.0 / (1.0 + np.exp(-gaps / t))))
+
+    lo, hi = np.log(gaps.min() * 1e-3), np.log(gaps.max() * 1e3)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_agreement(np.exp(mid)) > agreement else (lo, mid)
+    return float(np.exp((lo + hi) / 2))

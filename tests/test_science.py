@@ -199,3 +199,20 @@ def test_per_prompt_keys_make_samples_independent_of_batching():
     assert not np.array_equal(other, whole)
     with pytest.raises(ValueError, match="one per row"):
         generate(model, ids, mask, key=keys[:2], **kw)
+
+
+def test_rater_temperature_reaches_the_asked_agreement():
+    from cwpo_jax import gold
+
+    rng = np.random.default_rng(0)
+    ga, gb = rng.normal(size=500), rng.normal(size=500)
+    gb[:50] = ga[:50]  # gold ties are left out of the agreement
+    t = gold.rater_temperature(ga, gb, 0.7)
+    gaps = np.abs(ga - gb)[50:]
+    assert np.mean(1 / (1 + np.exp(-gaps / t))) == pytest.approx(0.7, abs=1e-9)
+    # and the simulated raters then agree about that often
+    ids = [str(i) for i in range(500)]
+    picks = gold.simulate_human_labels(ga, gb, ids, temperature=t, seed=0)
+    assert np.mean(picks[50:] == (ga > gb)[50:]) == pytest.approx(0.7, abs=0.06)
+    with pytest.raises(ValueError, match="agreement"):
+        gold.rater_temperature(ga, gb, 0.4)

@@ -122,4 +122,7 @@ def save_pretrained(model, path, *, tokenizer=None) -> None:
         model = merge_lora(model)
     save_hf(model, os.fspath(path))
     if tokenizer is not None:
-        tokenizer.save_pretrained(os.fspath(path))
+        import jax
+
+        if jax.process_index() == 0:  # one writer; save_hf's barrier has passed
+            tokenizer.save_pretrained(os.fspath(path))

@@ -31,6 +31,23 @@ def log(stage: str, message: str) -> None:
         print(f"[{stage}] {message}", file=sys.stderr, flush=True)
 
 
+def sync(name: str) -> None:
+    """Barrier across processes (no-op with one): what process 0 wrote is there for all."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def to_host(x) -> np.ndarray:
+    """A global array as numpy on every process (gathered when its shards span processes)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def path(cfg, *parts: str) -> str:
     return os.path.join(os.path.abspath(cfg.output_dir), *parts)
 
@@ -107,6 +124,7 @@ def model_path(cfg, spec: str) -> str:
         return gguf_as_hf(cfg, source) if source.endswith(".gguf") else source
     family = spec.split(":", 1)[1]
     directory = path(cfg, "init", family)
+    sync(f"check {directory}")  # every process sees the same answer below
     if not os.path.exists(directory):
         tokenizer = models.load_tokenizer(path(cfg, "data", "tokenizer"))
         _build_then_rename(directory, lambda tmp: create_tiny_model(family, tmp, tokenizer,
@@ -120,9 +138,13 @@ def _build_then_rename(directory: str, build) -> None:
     import shutil
 
     tmp = directory + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    os.replace(tmp, directory)
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sync(f"clear {tmp}")
+    build(tmp)  # every process takes part; process 0 writes
+    if jax.process_index() == 0:
+        os.replace(tmp, directory)
+    sync(f"rename {tmp}")
 
 
 def gguf_as_hf(cfg, gguf_path: str) -> str:
@@ -130,6 +152,7 @@ def gguf_as_hf(cfg, gguf_path: str) -> str:
     load (reference pass, each method, sampling) is then a fast safetensors read instead of a
     dequantisation, and nothing stays in memory between stages."""
     directory = path(cfg, "init", os.path.splitext(os.path.basename(gguf_path))[0])
+    sync(f"check {directory}")  # every process sees the same answer below
     if not os.path.exists(directory):
         log("init", f"converting {gguf_path} to an HF checkpoint in {directory}")
         _build_then_rename(directory, lambda tmp: models.save_pretrained(
@@ -269,7 +292,7 @@ def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callab
 
     def finish(i, batch, out):
         nonlocal done
-        out = jax.tree.map(np.asarray, out)  # waits for this batch's program
+        out = jax.tree.map(to_host, out)  # waits for this batch's program
         done += len(plan[i])
         if i % 20 == 0 or i == len(plan) - 1:
             rate = done / max(time.perf_counter() - start, 1e-9)

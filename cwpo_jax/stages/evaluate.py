@@ -124,7 +124,7 @@ def annotator_markdown(a: dict) -> list[str]:
     if "accuracy_by_decile_vs_gold" in a:
         rows = [r for r in a["accuracy_by_decile_vs_gold"] if r["count"]]
         lines += ["", "Gold accuracy of the weak labels per C1 decile (least confident first): "
-                  + ", ".join(f"{_pct(r['accuracy'])}% (C1 {r['c_low']:.2f}-{r['c_high']:.2f}, "
+                  + ", ".join(f"{_pct(r['accuracy'])}% (C1 {r['c_low']:.3g}-{r['c_high']:.3g}, "
                               f"{r['count']})" for r in rows) + "."]
     return lines
 
@@ -230,5 +230,6 @@ def run(cfg) -> dict:
         for plot in report.write_plots(cfg.output_dir, results, scored, gold_a):
             common.log(STAGE, f"wrote {plot}")
     common.mark_done(cfg, STAGE, _settings(cfg))
-    print(results_markdown(results))
+    if jax.process_index() == 0:
+        print(results_markdown(results))
     return results

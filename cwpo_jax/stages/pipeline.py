@@ -23,6 +23,7 @@ def run_one(cfg) -> dict:
         start = time.perf_counter()
         common.log("pipeline", f"stage {name}")
         result = fn(cfg)
+        common.sync(f"stage {name}")  # process 0's outputs are on disk before anyone reads them
         if name == "data":
             preflight.check_prepared_splits(cfg)  # refuse splits too small before any training
         timings[name] = time.perf_counter() - start

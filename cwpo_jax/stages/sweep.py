@@ -189,5 +189,5 @@ def write(cfg, runs: list[tuple[float, int, dict]]) -> dict:
         with atomic_open(common.path(cfg, "results.md")) as f:
             f.write(text)
         common.log("sweep", f"wrote {report.write_sweep_plot(cfg.output_dir, summary)}")
-    print(text)
+        print(text)
     return summary

@@ -24,7 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Writers that do not go through io_utils.atomic_open, and why that is acceptable.
 NON_ATOMIC_ALLOWED = {
     "cwpo_jax/io_utils.py": "atomic_open itself (temp file, fsync, os.replace)",
-    "cwpo_jax/data/token_cache.py": "mkstemp + os.replace by hand (atomic)",
     "cwpo_jax/train/metrics.py": "metrics.jsonl is an append-only log, one flushed line a step",
     "cwpo_jax/train/loop.py": "reopens metrics.jsonl for appending after rewriting it "
                               "atomically on resume",
