@@ -1,6 +1,10 @@
 """The tiny pipeline as two processes (jax.distributed over gloo, one CPU device each) gives the
 results.json of one process with two devices: every figure equal to 1e-5 relative (cross-process
-reductions may add in another order), the GRA of every method exactly."""
+reductions may add in another order), the GRA of every method exactly.
+
+Opt-in (CWPO_MULTIPROCESS_PIPELINE_TEST=1): the two pipeline runs take about 80-110 s on 2 cores,
+which the CI's 15-minute budget does not hold; the multi-process SIGTERM and export tests in
+tests/engine/test_launcher.py run by default."""
 import json
 import os
 import subprocess
@@ -38,6 +42,8 @@ def flat(tree, prefix="") -> dict:
     return {prefix.rstrip("/"): tree}
 
 
+@pytest.mark.skipif(os.environ.get("CWPO_MULTIPROCESS_PIPELINE_TEST") != "1",
+                    reason="opt-in: set CWPO_MULTIPROCESS_PIPELINE_TEST=1 (about 100 s)")
 def test_two_processes_give_the_results_of_one(tmp_path):
     one = flat(run_pipeline(1, 2, tmp_path / "one"))
     two = flat(run_pipeline(2, 1, tmp_path / "two"))
