@@ -29,8 +29,8 @@ import numpy as np
 from flax import nnx
 
 from cwpo_jax import confidence, losses, models, scores
-from cwpo_jax.evaluation import label_quality
 from cwpo_jax.data.batching import collate_packed_pairs, collate_pairs, default_buckets
+from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, sft
 from cwpo_jax.stages.score import annotator_identity, scores_path
@@ -174,14 +174,11 @@ def run_method(cfg, method: str) -> dict:
         return common.read_json(common.done_marker(cfg, stage))
     ref_path = sft.reference_path(cfg)
     tok = models.load_tokenizer(ref_path)
-    # Labelled pairs belong to the annotator; only the 100%-human baseline trains on them, so
-    # the reference pass covers them only when that method is configured.
-    labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
-    pool = labelled + common.load_split(cfg, "unlabelled")
+    pool, n_labelled = pool_pairs(cfg)
     ids = [p.id for p in pool]
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
     ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok)
-    swap, weight, keep = method_targets(cfg, method, ids, len(labelled))
+    swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
     index = np.flatnonzero(keep)
     items = [tokenized[i] for i in index]
     pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
@@ -235,12 +232,12 @@ def run_method(cfg, method: str) -> dict:
     return summary
 
 
-def pool_ids(cfg) -> tuple[list[str], int]:
-    """Ids of the alignment pool (labelled pairs first, only when human_all is configured, then
-    unlabelled) and the number of labelled ones."""
+def pool_pairs(cfg) -> tuple[list, int]:
+    """The alignment pool (labelled pairs first, then unlabelled) and the number of labelled
+    ones. Labelled pairs belong to the annotator; only the 100%-human baseline trains on them,
+    so the pool (and the reference pass) holds them only when that method is configured."""
     labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
-    unlabelled = common.load_split(cfg, "unlabelled")
-    return [p.id for p in labelled + unlabelled], len(labelled)
+    return labelled + common.load_split(cfg, "unlabelled"), len(labelled)
 
 
 def write_label_quality(cfg) -> dict | None:
@@ -248,7 +245,8 @@ def write_label_quality(cfg) -> dict | None:
     gold = common.load_gold(cfg)
     if gold is None:
         return None
-    ids, n_labelled = pool_ids(cfg)
+    pool, n_labelled = pool_pairs(cfg)
+    ids = [p.id for p in pool]
     g = np.asarray([gold[i] for i in ids], np.float64).reshape(-1, 2)
     quality = {}
     for method in cfg.align.methods:

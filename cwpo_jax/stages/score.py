@@ -29,14 +29,14 @@ def scores_path(cfg) -> str:
     return common.path(cfg, STAGE, "scores.jsonl")
 
 
-def gold_diagnostics(cfg, ids, gold, score_a, score_b) -> dict:
+def gold_diagnostics(cfg, ids, gold, score_a, score_b, conf) -> dict:
     """Whether the annotator's confidence tracks the gold preference: correlation of C1 with
     the gold gap |gold a - gold b| (ties included, gap 0), gold accuracy of the
-    align.top_fraction most confident labels and per confidence decile (gold-decided pairs)."""
+    align.top_fraction most confident labels and per confidence decile (gold-decided pairs).
+    conf: C1 of every pair [N]."""
     gap = np.asarray([abs(gold[i][0] - gold[i][1]) for i in ids], np.float64)
     gold_a = np.asarray([gold[i][0] > gold[i][1] for i in ids])
     decided = gap > 0
-    conf = np.asarray(confidence.confidence(score_a, score_b, kind="c1"), np.float64)
     correct = (score_a >= score_b) == gold_a
     top = np.asarray(confidence.top_fraction_mask(np.abs(score_a - score_b),
                                                   cfg.align.top_fraction)) & decided
@@ -80,7 +80,7 @@ def run(cfg) -> dict:
                                                   gold_a[decided])
         summary["calibration_vs_gold"], summary["ece_vs_gold"] = reliability_table(
             conf[decided], weak_a[decided] == gold_a[decided])
-        summary.update(gold_diagnostics(cfg, ids, gold, score_a, score_b))
+        summary.update(gold_diagnostics(cfg, ids, gold, score_a, score_b, conf))
     common.log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
                       f"human {summary['accuracy_vs_human']:.1%}" + (
                           f", vs gold {summary['accuracy_vs_gold']:.1%} (top "
