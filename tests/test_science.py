@@ -151,7 +151,7 @@ def test_gold_targets_need_gold_scores_on_disk(tmp_path):
     assert list(swap[keep]) == [False, True] and list(weight) == [1.0] * 4
 
 
-@pytest.mark.parametrize("rule", ["first_two", "best_vs_random"])
+@pytest.mark.parametrize("rule", ["first_two", "best_vs_random", "best_vs_rest"])
 def test_demo_pairs_from_sampled_responses(rule):
     from cwpo_jax import gold
     from cwpo_jax.stages.prepare import demo_triples
@@ -161,15 +161,20 @@ def test_demo_pairs_from_sampled_responses(rule):
             ("p2", ["same", "same", ""]),  # one distinct non-empty response: dropped
             ("p3", ["awful", "fine", "nice"])]
     triples, dropped = demo_triples(pool, judge, rule=rule, seed=0)
-    assert dropped == 1 and [t[0] for t in triples] == ["p1", "p3"]
+    per_prompt = {"first_two": [1, 1], "best_vs_random": [1, 1], "best_vs_rest": [3, 2]}[rule]
+    assert dropped == 1
+    assert [t[0] for t in triples] == ["p1"] * per_prompt[0] + ["p3"] * per_prompt[1]
     for prompt, a, b, ga, gb in triples:
         responses = dict(pool)[prompt]
         assert a in responses and b in responses and a != b
         assert (ga, gb) == tuple(judge.score([prompt] * 2, [a, b]))
-        if rule == "best_vs_random":
+        if rule != "first_two":
             assert ga == max(judge.score([prompt] * len(responses), responses))
         else:
             assert (a, b) == tuple(responses[:2])
+    if rule == "best_vs_rest":  # every other response exactly once
+        assert sorted(t[2] for t in triples if t[0] == "p1") == sorted(
+            r for r in dict(pool)["p1"] if r != triples[0][1])
     again, _ = demo_triples(pool, judge, rule=rule, seed=0)
     assert again == triples
     others = {demo_triples(pool, judge, rule="best_vs_random", seed=s)[0][0][2]

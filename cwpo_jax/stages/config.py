@@ -9,6 +9,7 @@ from cwpo_jax import confidence, losses
 from cwpo_jax.stages.defaults import defaults
 
 METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
+PAIR_RULES = ("first_two", "best_vs_random", "best_vs_rest")
 
 
 class ConfigError(ValueError):
@@ -95,8 +96,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
           "must be > 0 for simulated raters")
     check(d.responses_per_prompt >= 2, "data.responses_per_prompt",
           f"must be >= 2, got {d.responses_per_prompt}")
-    check(d.pair_rule in ("first_two", "best_vs_random"), "data.pair_rule",
-          f"{d.pair_rule!r} is not first_two or best_vs_random")
+    check(d.pair_rule in PAIR_RULES, "data.pair_rule",
+          f"{d.pair_rule!r} is not one of {', '.join(PAIR_RULES)}")
     check(d.pool_seed >= -1, "data.pool_seed", f"must be >= 0, or -1 for the run's seed, got "
                                                 f"{d.pool_seed}")
     check(d.num_pairs >= 0, "data.num_pairs", f"must be >= 0, got {d.num_pairs}")

@@ -45,7 +45,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.gold_judge = ""  # set for controlled settings (synthetic/demo): simulated raters
     c.data.rater_temperature = 0.0
     # demo source: responses sampled from the student (cached across runs), paired per prompt
-    # by pair_rule: "first_two", or "best_vs_random" (gold-best vs a random other)
+    # by pair_rule: "first_two", "best_vs_random" (gold-best vs a random other) or
+    # "best_vs_rest" (gold-best vs each other response)
     c.data.responses_per_prompt = 2
     c.data.pair_rule = "first_two"
     c.data.response_max_new_tokens = 48

@@ -57,12 +57,13 @@ def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
 
 
 def demo_triples(prompt_responses, judge, *, rule: str, seed: int):
-    """(prompt, a, b, gold a, gold b) per prompt from its sampled responses; counts of prompts
-    dropped for lack of two distinct non-empty responses.
+    """(prompt, a, b, gold a, gold b) tuples from each prompt's sampled responses; count of
+    prompts dropped for lack of two distinct non-empty responses.
 
     rule "first_two": the first two distinct responses. "best_vs_random": the gold-best response
     against a random other (seeded by prompt), the way UltraFeedback is binarised: every pair
-    then has a response that is better than a typical one."""
+    then has a response that is better than a typical one. "best_vs_rest": the gold-best
+    response against each other one (n - 1 pairs per prompt from the same samples)."""
     out, dropped = [], 0
     for prompt, responses in prompt_responses:
         distinct = list(dict.fromkeys(r for r in responses if r))
@@ -71,12 +72,15 @@ def demo_triples(prompt_responses, judge, *, rule: str, seed: int):
             continue
         scores = judge.score([prompt] * len(distinct), distinct)
         if rule == "first_two":
-            i, j = 0, 1
+            pairs = [(0, 1)]
         else:
             i = int(np.argmax(scores))
             others = [k for k in range(len(distinct)) if k != i]
-            j = min(others, key=lambda k: seeded_rank(f"{k}\x00{prompt}", seed))
-        out.append((prompt, distinct[i], distinct[j], float(scores[i]), float(scores[j])))
+            if rule == "best_vs_random":
+                others = [min(others, key=lambda k: seeded_rank(f"{k}\x00{prompt}", seed))]
+            pairs = [(i, j) for j in others]
+        out.extend((prompt, distinct[i], distinct[j], float(scores[i]), float(scores[j]))
+                   for i, j in pairs)
     return out, dropped
 
 
