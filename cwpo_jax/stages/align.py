@@ -1,14 +1,7 @@
 """Stage 4, align: preference optimisation of the strong model, one run per method.
 
-Method -> label source (confidence.pair_targets):
-  human            human labels of the unlabelled share (the paper's "Human" baseline)
-  human_all        human labels of labelled + unlabelled pairs ("Human 100%")
-  weak             weak labels, weight 1 (WS-DPO)
-  weak_confidence  weak labels, weight = confidence (CW-PO)
-  top_fraction     weak labels, only the align.top_fraction most confident pairs
-  gold             the gold judge's order (controlled settings only; gold ties dropped): what
-                   exact labels teach, and the check that the student can learn the gold
-                   preference at all
+One run per align.methods entry; what each method trains on (labels, weights, which pairs) is
+its entry in stages/methods.py.
 Before any training, align/label_quality.json records how good each method's labels are by
 gold (evaluation.label_quality), from labels, weights and gold alone.
 Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
@@ -28,11 +21,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cwpo_jax import confidence, losses, models, scores
+from cwpo_jax import losses, models, scores
 from cwpo_jax.data.batching import collate_packed_pairs, collate_pairs, default_buckets
 from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, sft
+from cwpo_jax.stages.methods import METHODS, targets
 from cwpo_jax.stages.score import annotator_identity, scores_path
 from cwpo_jax.train import tasks
 
@@ -135,35 +129,29 @@ def _logprob_fn(model, batch, *, chunk_size):
 
 
 def method_targets(cfg, method: str, pool_ids, n_labelled: int):
-    """(swap [N], weight [N], keep [N]) over the pool (labelled first, then unlabelled)."""
+    """(swap [N], weight [N], keep [N]) over the pool (labelled first, then unlabelled) under
+    the method's table entry (stages/methods.py)."""
+    m = METHODS[method]
     n = len(pool_ids)
-    if method == "human_all":
-        t = confidence.pair_targets("human", n=n)
-        return np.asarray(t.swap), np.asarray(t.weight), np.asarray(t.keep)
-    unlabelled_ids = pool_ids[n_labelled:]
+    first = 0 if m.pool == "all" else n_labelled  # labelled pairs are the annotator's
+    ids = pool_ids[first:]
     swap = np.zeros(n, bool)
     weight = np.ones(n, np.float32)
-    keep = np.zeros(n, bool)  # labelled pairs are the annotator's; only human_all uses them
-    if method == "human":
-        keep[n_labelled:] = True
-        return swap, weight, keep
-    if method == "gold":
+    keep = np.zeros(n, bool)
+    inputs = {}
+    if m.needs_gold:
         gold = common.load_gold(cfg)
         if gold is None:
-            raise ValueError("method 'gold' needs gold scores (data/gold.json), which only the "
-                             "controlled settings (data.source=synthetic or demo) write")
-        g = np.asarray([gold[i] for i in unlabelled_ids], np.float64).reshape(-1, 2)
-        swap[n_labelled:] = g[:, 0] < g[:, 1]
-        keep[n_labelled:] = g[:, 0] != g[:, 1]
-        return swap, weight, keep
-    s = scores.read_scores(scores_path(cfg), expected_ids=unlabelled_ids,
-                           expected_annotator=annotator_identity(cfg))
-    t = confidence.pair_targets(method, score_a=s["score_a"], score_b=s["score_b"],
-                                kind=cfg.align.confidence, tau=cfg.score.tau,
-                                fraction=cfg.align.top_fraction)
-    swap[n_labelled:] = np.asarray(t.swap)
-    weight[n_labelled:] = np.asarray(t.weight)
-    keep[n_labelled:] = np.asarray(t.keep)
+            raise ValueError(f"method {method!r} needs gold scores (data/gold.json), which only "
+                             "the controlled settings (data.source=synthetic or demo) write")
+        inputs["gold"] = np.asarray([gold[i] for i in ids], np.float64).reshape(-1, 2)
+    if m.needs_scores:
+        s = scores.read_scores(scores_path(cfg), expected_ids=ids,
+                               expected_annotator=annotator_identity(cfg))
+        inputs.update(score_a=s["score_a"], score_b=s["score_b"])
+    swap[first:], weight[first:], keep[first:] = targets(
+        m, len(ids), kind=cfg.align.confidence, tau=cfg.score.tau,
+        fraction=cfg.align.top_fraction, **inputs)
     return swap, weight, keep
 
 
@@ -234,9 +222,10 @@ def run_method(cfg, method: str) -> dict:
 
 def pool_pairs(cfg) -> tuple[list, int]:
     """The alignment pool (labelled pairs first, then unlabelled) and the number of labelled
-    ones. Labelled pairs belong to the annotator; only the 100%-human baseline trains on them,
-    so the pool (and the reference pass) holds them only when that method is configured."""
-    labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
+    ones. Labelled pairs belong to the annotator; only methods with pool "all" (the 100%-human
+    baseline) train on them, so the pool (and the reference pass) holds them only then."""
+    wanted = any(METHODS[m].pool == "all" for m in cfg.align.methods)
+    labelled = common.load_split(cfg, "labelled") if wanted else []
     return labelled + common.load_split(cfg, "unlabelled"), len(labelled)
 
 
@@ -257,7 +246,8 @@ def write_label_quality(cfg) -> dict | None:
                           f"{q['gold_accuracy']:.1%}, weighted {q['weighted_gold_accuracy']:.1%}, "
                           f"weight on gold ties {q['tie_weight_share']:.1%}")
     if jax.process_index() == 0:
-        write_json(common.path(cfg, STAGE, "label_quality.json"), quality)
+        # Methods in the configured order, as results.md lists them.
+        write_json(common.path(cfg, STAGE, "label_quality.json"), quality, sort_keys=False)
     return quality
 
 

@@ -7,8 +7,9 @@ import ml_collections
 
 from cwpo_jax import confidence, losses
 from cwpo_jax.stages.defaults import defaults
+from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
-METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
+METHODS = tuple(METHOD_TABLE)
 PAIR_RULES = ("first_two", "best_vs_random", "best_vs_rest")
 
 
@@ -124,9 +125,10 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     check(len(a.methods) > 0, "align.methods", "is empty")
     for m in a.methods:
         check(m in METHODS, "align.methods", f"{m!r} not in {METHODS}")
-    check("gold" not in a.methods or d.source != "file", "align.methods",
-          "'gold' needs gold scores, which only the controlled settings write (data.source="
-          "synthetic or demo); remove it for data.source=file")
+    for m in a.methods:
+        check(not (m in METHOD_TABLE and METHOD_TABLE[m].needs_gold and d.source == "file"),
+              "align.methods", f"{m!r} needs gold scores, which only the controlled settings "
+              "write (data.source=synthetic or demo); remove it for data.source=file")
     check(a.chunk_size >= 0, "align.chunk_size", "must be >= 0")
     check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
