@@ -13,6 +13,8 @@ def test_every_method_is_well_formed_and_validation_reads_the_table():
     for name, m in methods.METHODS.items():
         assert m.labels in methods.LABELS and m.weighting in methods.WEIGHTINGS, name
         assert m.keep in methods.KEEPS and m.pool in methods.POOLS and m.about, name
+    for a, b in methods.DIFFERENCES:
+        assert a in methods.METHODS and b in methods.METHODS
 
 
 @pytest.mark.parametrize("name", ["human", "weak", "weak_confidence", "top_fraction"])

@@ -32,7 +32,8 @@ class Method:
 
     @property
     def needs_scores(self) -> bool:
-        return self.labels == "weak" or self.weighting == "confidence" or self.keep == "top_fraction"
+        return (self.labels == "weak" or self.weighting == "confidence"
+                or self.keep == "top_fraction")
 
 
 METHODS = {
@@ -48,6 +49,10 @@ METHODS = {
     "gold": Method("gold", keep="gold_decided",
                    about="the gold judge's order, gold ties dropped (controlled settings only)"),
 }
+
+# Paired comparisons evaluation reports when both methods ran: (A, B) gives GRA(A) - GRA(B).
+DIFFERENCES = (("weak_confidence", "human"), ("weak_confidence", "weak"),
+               ("top_fraction", "weak"), ("human_all", "human"), ("gold", "human"))
 
 
 def targets(method: Method, n: int, *, score_a=None, score_b=None, gold=None, kind: str = "c1",
