@@ -218,7 +218,7 @@ def main(argv=None):
         models.stack_layers(model)
         if reference is not None:
             reference = nnx.split(models.stack_layers(nnx.merge(*reference)))
-    from cwpo_jax.stages.common import matmul_params
+    from cwpo_jax.train.flops import matmul_params
 
     n = matmul_params(model, lm_head=True)
     n_head = n - matmul_params(model, lm_head=False)

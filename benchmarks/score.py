@@ -7,7 +7,7 @@ python benchmarks/score.py --models=minilm,smollm2 --pairs=256 --batch=16 --leng
 Models: `minilm` (all-MiniLM-L6-v2, mean pooling + a scalar head, the demo's annotator),
 `smollm2` (SmolLM2-135M as a reward model: last-token head), `tiny` / `tiny-llama` (random tiny
 encoder / decoder, for tests), or an HF folder path. The pass is the pipeline's own,
-stages/annotator.score_pairs, with score.batch_size = `batch` and data.max_len = `length`, in
+stages/pair_passes.score_pairs, with score.batch_size = `batch` and data.max_len = `length`, in
 both layouts:
   padded  chosen and rejected rows of `batch` pairs (2 x batch rows), sorted by length, padded
           to the smallest of the project's buckets (data.batching.default_buckets(length)) that
@@ -101,10 +101,10 @@ def make_pairs(workload: str, n: int, length: int, vocab: int, seed: int = 0):
 def computed_positions(cfg, pairs, packed: bool) -> int:
     """Positions the pass computes (rows x length over every batch, empty rows included)."""
     from cwpo_jax.data.batching import bucket_length, plan_batches
-    from cwpo_jax.stages import annotator, common
+    from cwpo_jax.stages import common, pair_passes
 
     if packed:
-        _, rows, row_len, batch_rows = annotator.packed_plan(cfg, pairs)
+        _, rows, row_len, batch_rows = pair_passes.packed_plan(cfg, pairs)
         return -(-len(rows) // batch_rows) * batch_rows * row_len
     plan = plan_batches([p.length for p in pairs], cfg.score.batch_size, shuffle=False)
     return sum(2 * cfg.score.batch_size
@@ -113,10 +113,10 @@ def computed_positions(cfg, pairs, packed: bool) -> int:
 
 
 def jax_pass(rm, pairs, *, batch: int, length: int, packed: bool) -> dict:
-    """The score stage's pass (annotator.score_pairs), once to compile, once timed."""
+    """The score stage's pass (pair_passes.score_pairs), once to compile, once timed."""
     from types import SimpleNamespace
 
-    from cwpo_jax.stages.annotator import score_pairs
+    from cwpo_jax.stages.pair_passes import score_pairs
     from cwpo_jax.stages.defaults import defaults
 
     cfg = defaults()

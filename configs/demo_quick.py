@@ -55,6 +55,7 @@ def get_config():
     c.align.lora_dropout = 0.05
     c.align.lora_targets = ("q_proj", "v_proj")
     c.align.chunk_size = 32
+    c.align.logprob_batch_size = 32
     c.align.top_fraction = 0.3
     c.align.methods = ("gold", "human", "weak_confidence")
     # The budget chosen with the gold method alone (pilots 3-5): one epoch barely moves the

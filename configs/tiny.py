@@ -30,6 +30,8 @@ def get_config():
     c.align.train.batch_size = 16
     c.align.train.micro_batches = 2  # gradient accumulation end to end
     c.align.chunk_size = 16
+    c.sft.chunk_size = 16
+    c.align.logprob_batch_size = 16
     c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
     c.evaluate.gold_judge = "lexicon"
     c.evaluate.max_new_tokens = 12

@@ -18,6 +18,13 @@ PACKAGES = {
 }
 
 
+def is_local_path(path: str) -> bool:
+    """Whether a model path names a local file or folder rather than a hub id ("owner/name"):
+    absolute, relative ('.', '~'), more than one slash deep, or a .gguf file."""
+    return (path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~"))
+            or path.count("/") > 1)
+
+
 def package_dir(module: str, dist: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:

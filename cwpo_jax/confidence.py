@@ -44,6 +44,13 @@ def confidence(score_a, score_b, *, kind="c1", tau=1.0):
     return jnp.minimum(d / tau, 1.0)
 
 
+def margin(score_a, score_b):
+    """|score_a - score_b| in float32, [N]: what top-fraction filtering ranks by. Every
+    confidence kind is monotone in it, and c1/c2 saturate to 1.0 in float32 for large margins,
+    which would turn real differences into ties."""
+    return jnp.abs(jnp.asarray(score_a, jnp.float32) - jnp.asarray(score_b, jnp.float32))
+
+
 def top_fraction_count(n: int, fraction: float) -> int:
     """ceil(fraction * n), robust to float error (0.3 * 10 is 3, not 4)."""
     if not 0.0 <= fraction <= 1.0:
@@ -115,7 +122,5 @@ def pair_targets(
         return PairTargets(swap=swap, weight=conf, keep=jnp.ones((n,), bool))
     if fraction is None:
         raise ValueError("label source 'top_fraction' needs fraction")
-    # Rank by the raw margin: every confidence kind is monotone in it, and c1/c2 saturate to 1.0
-    # in float32 for large margins, which would turn real differences into ties.
-    margin = jnp.abs(jnp.asarray(score_a, jnp.float32) - jnp.asarray(score_b, jnp.float32))
-    return PairTargets(swap=swap, weight=ones, keep=top_fraction_mask(margin, fraction))
+    return PairTargets(swap=swap, weight=ones,
+                       keep=top_fraction_mask(margin(score_a, score_b), fraction))

@@ -37,9 +37,14 @@ def gold_reward_accuracy(gold_policy, gold_reference, *, seed: int = 0, resample
     the reference's, averaged per prompt first (prompt_win_rates), with a 95% bootstrap interval
     that resamples prompts: the k samples of one prompt are not independent of each other.
     Returns {"gra", "ci_low", "ci_high", "n" (prompts)}."""
-    wins = prompt_win_rates(gold_policy, gold_reference)
+    return gra_of_win_rates(prompt_win_rates(gold_policy, gold_reference), seed=seed,
+                            resamples=resamples)
+
+
+def gra_of_win_rates(wins, *, seed: int = 0, resamples: int = 2000) -> dict:
+    """gold_reward_accuracy from per-prompt win rates already computed (prompt_win_rates)."""
     gra, low, high = bootstrap_interval(wins, seed=seed, resamples=resamples)
-    return {"gra": gra, "ci_low": low, "ci_high": high, "n": int(wins.size)}
+    return {"gra": gra, "ci_low": low, "ci_high": high, "n": int(np.size(wins))}
 
 
 def seed_interval(values, *, level: float = 0.95) -> dict:

@@ -7,6 +7,7 @@ checkpoint (the paper's setting, e.g. a Skywork or OpenAssistant RM where a hub 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Protocol, Sequence
@@ -55,14 +56,55 @@ class VaderJudge:
                           np.float64)
 
 
+class RewardModelJudge:
+    """A reward-model checkpoint as the judge (the paper's evaluation: e.g. Skywork or
+    OpenAssistant reward models, wherever a hub or a local copy is available). Its imports
+    wait until one is made: the word judges need neither models nor jax."""
+
+    def __init__(self, path: str, *, batch_size: int = 8, max_prompt_len: int = 512,
+                 max_len: int = 1024):
+        from cwpo_jax import models, sharding
+        from cwpo_jax.data.tokenize import PairTokenizer
+
+        self.name = f"reward_model:{path}"
+        self.tokenizer = models.load_tokenizer(path)
+        self.model = models.reward_model_from_pretrained(path)
+        self.encode = PairTokenizer(self.tokenizer, max_prompt_len=max_prompt_len,
+                                    max_len=max_len)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.mesh = sharding.make_mesh(1, 1, 1)  # one device: batches of a few sequences
+
+    def score(self, prompts, responses) -> np.ndarray:
+        from cwpo_jax.data.batching import collate_sequences, default_buckets
+        from cwpo_jax.data.tokenize import pad_id
+        from cwpo_jax.train.passes import batched_pass
+
+        items = self.encode.encode_sequences([[{"role": "user", "content": p}] for p in prompts],
+                                             list(responses))
+        collate = functools.partial(collate_sequences, items, batch_size=self.batch_size,
+                                    buckets=default_buckets(self.max_len),
+                                    pad_id=pad_id(self.tokenizer))
+        out = np.full(len(items), np.nan)
+        for batch, scores in batched_pass(self.model, _reward_scores,
+                                          lengths=[s.length for s in items], collate=collate,
+                                          batch_size=self.batch_size, mesh=self.mesh,
+                                          name="gold/" + self.name):
+            for row, i in enumerate(batch["index"]):
+                if i >= 0:
+                    out[i] = scores[row]
+        return out
+
+
+def _reward_scores(model, batch):
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
 def make_judge(name: str) -> GoldJudge:
     if name == "lexicon":
         return LexiconJudge()
     if name == "vader":
         return VaderJudge()
     if name.startswith("reward_model:"):
-        from cwpo_jax.stages.reward_judge import RewardModelJudge
-
         return RewardModelJudge(name.split(":", 1)[1])
     raise ValueError(f"unknown gold judge {name!r}; expected 'vader', 'lexicon' or "
                      "'reward_model:PATH'")

@@ -36,9 +36,9 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
         raise
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, *, sort_keys: bool = True) -> None:
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(obj, f, indent=2, sort_keys=sort_keys)
         f.write("\n")
 
 

@@ -3,13 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from cwpo_jax import models
-from cwpo_jax.stages import common, prepare
+from cwpo_jax.stages import model_sources, prepare
 
 
 def test_mean_pooled_encoder_reward_model_round_trip(tmp_path):
     prepare.train_word_tokenizer(["a b c d e f g h", "Human:", "Assistant:"], str(tmp_path / "t"))
     tok = models.load_tokenizer(str(tmp_path / "t"))
-    common.create_tiny_model("bert", str(tmp_path / "enc"), tok, seed=0)
+    model_sources.create_tiny_model("bert", str(tmp_path / "enc"), tok, seed=0)
     ids = jnp.asarray([[2, 5, 6, 7, 3, 0], [2, 8, 9, 3, 0, 0]], jnp.int32)
     mask = (ids > 0).astype(jnp.int32)
     for pooling in ("mean", "pooler"):

@@ -1,10 +1,11 @@
-"""stages.common.batched_pass: every item once, in plan order, outputs equal to a direct call,
+"""train.passes.batched_pass: every item once, in plan order, outputs equal to a direct call,
 and the next batch dispatched before the previous one's outputs are handed back."""
 import numpy as np
 from flax import nnx
 
 from cwpo_jax.data.batching import plan_batches
 from cwpo_jax.stages import common
+from cwpo_jax.train import passes
 from cwpo_jax.stages.defaults import defaults
 
 ROWS = 4
@@ -33,8 +34,9 @@ def test_batched_pass_covers_items_in_order_with_one_batch_in_flight():
 
     seen = np.zeros(len(items), int)
     yielded = []
-    for batch, out in common.batched_pass(model, _project, lengths=lengths, collate=collate,
-                                          batch_size=ROWS, cfg=cfg, name="test"):
+    for batch, out in passes.batched_pass(model, _project, lengths=lengths, collate=collate,
+                                          batch_size=ROWS, mesh=common.mesh_for(cfg),
+                                          name="test"):
         events.append(("yield", len(events)))
         taken = batch["index"] >= 0
         np.testing.assert_allclose(out[taken], np.asarray(model(items[batch["index"][taken]]))[:, 0],

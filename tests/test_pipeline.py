@@ -111,6 +111,22 @@ def test_confidence_weights_reach_training(tiny_run):
     assert done["mean_weight"] == pytest.approx(float(np.mean(s["c1"])), rel=1e-5)
 
 
+def test_score_summary_c1_is_the_scores_file_c1(tiny_run):
+    """The score stage's mean C1 and the scores file's c1 column come from the same
+    confidence.confidence call: equal to the last bit."""
+    cfg, _ = tiny_run
+    s = scores.read_scores(os.path.join(cfg.output_dir, "score", "scores.jsonl"))
+    with open(os.path.join(cfg.output_dir, "score", "done.json")) as f:
+        done = json.load(f)
+    assert done["mean_confidence"] == float(np.mean(s["c1"]))
+
+
+def test_label_quality_lists_methods_in_the_configured_order(tiny_run):
+    cfg, _ = tiny_run
+    with open(os.path.join(cfg.output_dir, "align", "label_quality.json")) as f:
+        assert list(json.load(f)) == list(cfg.align.methods)
+
+
 def test_rerun_skips_finished_stages_and_hits_reference_cache(tiny_run, capfd):
     cfg, results = tiny_run
     cache = os.listdir(os.path.join(cfg.output_dir, "refcache"))
@@ -127,12 +143,12 @@ def test_packed_scoring_pass_equals_padded_rows(tiny_run):
     """The score stage packs sequences into rows (the default); padded rows give the same
     scores, and both match what the stage wrote."""
     from cwpo_jax import models
-    from cwpo_jax.stages import annotator, common
+    from cwpo_jax.stages import annotator, common, run_folder
 
     cfg, _ = tiny_run
     model_dir = os.path.join(cfg.output_dir, "annotator", "model")
     rm, tok = models.reward_model_from_pretrained(model_dir), models.load_tokenizer(model_dir)
-    pairs = common.load_split(cfg, "unlabelled")
+    pairs = run_folder.load_split(cfg, "unlabelled")
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
     packed = annotator.score_pairs(cfg, rm, tokenized, tok, "test")
     padded_cfg = tiny_config(cfg.output_dir, **{"score.packed": False})
@@ -147,8 +163,8 @@ def test_packed_scoring_pass_equals_padded_rows(tiny_run):
 
 def test_scores_for_other_data_are_refused(tiny_run):
     cfg, _ = tiny_run
-    pool = [p.id for p in align.common.load_split(cfg, "labelled")]
-    pool += [p.id for p in align.common.load_split(cfg, "unlabelled")][:-1] + ["someone-else"]
+    pool = [p.id for p in align.run_folder.load_split(cfg, "labelled")]
+    pool += [p.id for p in align.run_folder.load_split(cfg, "unlabelled")][:-1] + ["someone-else"]
     with pytest.raises(scores.ScoresError, match="do not match the dataset"):
         align.method_targets(cfg, "weak", pool, len(pool) - 10)
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from cwpo_jax import gold
-from cwpo_jax.stages import common, prepare
+from cwpo_jax.stages import model_sources, prepare
 
 
 def test_reward_model_judge_scores_match_unbatched(tmp_path):
@@ -11,7 +11,7 @@ def test_reward_model_judge_scores_match_unbatched(tmp_path):
     from cwpo_jax import models
 
     tok = models.load_tokenizer(str(tmp_path / "tok"))
-    common.create_tiny_model("llama", str(tmp_path / "rm"), tok, seed=0)
+    model_sources.create_tiny_model("llama", str(tmp_path / "rm"), tok, seed=0)
     judge = gold.make_judge(f"reward_model:{tmp_path / 'rm'}")
     prompts = ["hello", "bad", "hello good"]
     responses = ["good day", "bad night here here", "day"]

@@ -26,6 +26,14 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     return (
         "".join(_PLAIN_ROLE[m["role"]].format(m["content"]) for m in messages) + _PLAIN_GENERATION

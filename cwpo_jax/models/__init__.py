@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from cwpo_jax.assets import is_local_path
 from cwpo_jax.models.bert import BertConfig, BertModel
 from cwpo_jax.models.checkpoint_hf import load_hf_model, load_hf_reward_model, save_hf
 from cwpo_jax.models.gguf_io import load_gguf_model
@@ -75,7 +76,7 @@ def resolve_path(path: str) -> str:
         return path
     if path.endswith(".gguf"):
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
+    if is_local_path(path):
         # A hub id is "owner/name": this one names a local folder that is not there.
         raise FileNotFoundError(f"model directory not found: {path}")
     from huggingface_hub import snapshot_download

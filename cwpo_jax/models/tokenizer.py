@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import os
 
+from cwpo_jax.assets import is_local_path
+
 # llama.cpp `tokenizer.ggml.pre` -> the split regex its merges were learned with. Names not listed
 # use GPT-2's ByteLevel regex. "smollm" (SmolLM/SmolLM2) isolates each digit first.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -109,8 +111,7 @@ def load_tokenizer(path: str, *, auto: bool = False):
         if not os.path.exists(path):
             raise FileNotFoundError(f"GGUF file not found: {path}")
         return gguf_tokenizer(path)
-    if not os.path.exists(path) and (os.path.isabs(path) or path.startswith((".", "~"))
-                                     or path.count("/") > 1):
+    if not os.path.exists(path) and is_local_path(path):
         # A hub id is "owner/name" (models.resolve_path's rule): this names a missing folder.
         raise FileNotFoundError(f"model directory not found: {path}")
     if not auto and os.path.exists(os.path.join(path, "tokenizer.json")):

@@ -1,14 +1,7 @@
 """Stage 4, align: preference optimisation of the strong model, one run per method.
 
-Method -> label source (confidence.pair_targets):
-  human            human labels of the unlabelled share (the paper's "Human" baseline)
-  human_all        human labels of labelled + unlabelled pairs ("Human 100%")
-  weak             weak labels, weight 1 (WS-DPO)
-  weak_confidence  weak labels, weight = confidence (CW-PO)
-  top_fraction     weak labels, only the align.top_fraction most confident pairs
-  gold             the gold judge's order (controlled settings only; gold ties dropped): what
-                   exact labels teach, and the check that the student can learn the gold
-                   preference at all
+One run per align.methods entry; what each method trains on (labels, weights, which pairs) is
+its entry in stages/methods.py.
 Before any training, align/label_quality.json records how good each method's labels are by
 gold (evaluation.label_quality), from labels, weights and gold alone.
 Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
@@ -22,19 +15,22 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
-from cwpo_jax import confidence, losses, models, scores
-from cwpo_jax.data.batching import collate_packed_pairs, collate_pairs, default_buckets
+from cwpo_jax import losses, models, scores
 from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
-from cwpo_jax.stages import common, sft
-from cwpo_jax.stages.score import annotator_identity, scores_path
+from cwpo_jax.stages import common, run_folder
+from cwpo_jax.stages.methods import METHODS, targets
+from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass
+from cwpo_jax.stages.run_folder import annotator_identity, reference_path, scores_path
 from cwpo_jax.train import tasks
+from cwpo_jax.train.fit import fit
+from cwpo_jax.train.flops import train_flops_per_token
+from cwpo_jax.train.hosts import log
 
 STAGE = "align"
 
@@ -47,41 +43,18 @@ def _token_digest(tokenized) -> str:
     return hash_bytes(*chunks)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def pair_batches(cfg, pool, tok) -> tuple[Callable, list[int]]:
-    """(collate(items, index, batch_size=, swap=, weights=), row length of each pool pair).
-
-    Shapes come from the whole pool, so every method and the reference pass share compiled
-    programs: packed rows use buckets up to the longest prompt + chosen + rejected and a fixed
-    response length (the longest response, rounded up to a multiple of 8).
-    """
-    if not cfg.align.packed_pairs:
-        collate = functools.partial(collate_pairs, buckets=common.buckets(cfg),
-                                    pad_id=common.pad_id(tok))
-        return collate, [p.length for p in pool]
-    lengths = [len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pool]
-    longest_response = max((max(len(p.chosen), len(p.rejected)) for p in pool), default=1)
-    collate = functools.partial(
-        collate_packed_pairs, buckets=default_buckets(_round_up(max(lengths, default=1), 8)),
-        response_len=_round_up(longest_response, 8), pad_id=common.pad_id(tok))
-    return collate, lengths
-
-
 def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndarray, np.ndarray]:
     """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached."""
     key = hash_bytes(_token_digest(tokenized).encode(), hash_path(ref_path).encode(),
                      str(cfg.align.chunk_size).encode(),
                      b"packed" if cfg.align.packed_pairs else b"rows")
-    cache = common.path(cfg, "refcache", f"{key}.npz")
+    cache = run_folder.path(cfg, "refcache", f"{key}.npz")
     if os.path.exists(cache):
         cached = _read_cache(cache, ids)
         if cached is not None:
-            common.log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
+            log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
             return cached
-    common.log(STAGE, "reference log-probs: computing (one jitted pass)")
+    log(STAGE, "reference log-probs: computing (one jitted pass)")
     chosen, rejected = pair_logprobs_pass(cfg, models.from_pretrained(ref_path), tokenized, tok,
                                           name=STAGE + "/reference")
     if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
@@ -92,25 +65,6 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
     return chosen, rejected
 
 
-def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log-probs of every tokenized pair's chosen and rejected response under `model`,
-    [N] each, in one jitted pass (score.batch_size pairs per batch, the alignment layout)."""
-    batch_size = cfg.score.batch_size
-    collate, lengths = pair_batches(cfg, tokenized, tok)
-    collate = functools.partial(collate, tokenized, batch_size=batch_size)
-    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
-    chosen = np.full(len(tokenized), np.nan)
-    rejected = np.full(len(tokenized), np.nan)
-    for batch, logp in common.batched_pass(model, fn, lengths=lengths, collate=collate,
-                                           batch_size=batch_size, cfg=cfg, name=name,
-                                           unit="pairs"):
-        half = len(logp) // 2
-        for row, i in enumerate(batch["pair_index"]):
-            if i >= 0:
-                chosen[i], rejected[i] = logp[row], logp[half + row]
-    return chosen, rejected
-
-
 def _read_cache(cache: str, ids) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached (chosen, rejected) log-probs, or None (with a message) when the file is
     unreadable, made for other pairs, or holds NaN/inf: then it is computed again."""
@@ -118,61 +72,52 @@ def _read_cache(cache: str, ids) -> tuple[np.ndarray, np.ndarray] | None:
         with np.load(cache) as f:
             cached_ids, chosen, rejected = list(f["ids"]), f["chosen"], f["rejected"]
     except Exception as e:  # truncated or corrupt npz (zipfile / pickle / value errors)
-        common.log(STAGE, f"reference cache {cache} is unreadable ({type(e).__name__}: {e}); "
-                          "recomputing")
+        log(STAGE, f"reference cache {cache} is unreadable ({type(e).__name__}: {e}); "
+                   "recomputing")
         return None
     if cached_ids != list(ids) or chosen.shape != (len(ids),) or rejected.shape != (len(ids),):
-        common.log(STAGE, f"reference cache {cache} was made for other pairs; recomputing")
+        log(STAGE, f"reference cache {cache} was made for other pairs; recomputing")
         return None
     if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
-        common.log(STAGE, f"reference cache {cache} holds NaN/inf; recomputing")
+        log(STAGE, f"reference cache {cache} holds NaN/inf; recomputing")
         return None
     return chosen, rejected
 
 
-def _logprob_fn(model, batch, *, chunk_size):
-    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size)[0]
-
-
 def method_targets(cfg, method: str, pool_ids, n_labelled: int):
-    """(swap [N], weight [N], keep [N]) over the pool (labelled first, then unlabelled)."""
+    """(swap [N], weight [N], keep [N]) over the pool (labelled first, then unlabelled) under
+    the method's table entry (stages/methods.py)."""
+    m = METHODS[method]
     n = len(pool_ids)
-    if method == "human_all":
-        t = confidence.pair_targets("human", n=n)
-        return np.asarray(t.swap), np.asarray(t.weight), np.asarray(t.keep)
-    unlabelled_ids = pool_ids[n_labelled:]
+    first = 0 if m.pool == "all" else n_labelled  # labelled pairs are the annotator's
+    ids = pool_ids[first:]
     swap = np.zeros(n, bool)
     weight = np.ones(n, np.float32)
-    keep = np.zeros(n, bool)  # labelled pairs are the annotator's; only human_all uses them
-    if method == "human":
-        keep[n_labelled:] = True
-        return swap, weight, keep
-    if method == "gold":
-        gold = common.load_gold(cfg)
+    keep = np.zeros(n, bool)
+    inputs = {}
+    if m.needs_gold:
+        gold = run_folder.load_gold(cfg)
         if gold is None:
-            raise ValueError("method 'gold' needs gold scores (data/gold.json), which only the "
-                             "controlled settings (data.source=synthetic or demo) write")
-        g = np.asarray([gold[i] for i in unlabelled_ids], np.float64).reshape(-1, 2)
-        swap[n_labelled:] = g[:, 0] < g[:, 1]
-        keep[n_labelled:] = g[:, 0] != g[:, 1]
-        return swap, weight, keep
-    s = scores.read_scores(scores_path(cfg), expected_ids=unlabelled_ids,
-                           expected_annotator=annotator_identity(cfg))
-    t = confidence.pair_targets(method, score_a=s["score_a"], score_b=s["score_b"],
-                                kind=cfg.align.confidence, tau=cfg.score.tau,
-                                fraction=cfg.align.top_fraction)
-    swap[n_labelled:] = np.asarray(t.swap)
-    weight[n_labelled:] = np.asarray(t.weight)
-    keep[n_labelled:] = np.asarray(t.keep)
+            raise ValueError(f"method {method!r} needs gold scores (data/gold.json), which only "
+                             "the controlled settings (data.source=synthetic or demo) write")
+        inputs["gold"] = np.asarray([gold[i] for i in ids], np.float64).reshape(-1, 2)
+    if m.needs_scores:
+        s = scores.read_scores(scores_path(cfg), expected_ids=ids,
+                               expected_annotator=annotator_identity(cfg))
+        inputs.update(score_a=s["score_a"], score_b=s["score_b"])
+    swap[first:], weight[first:], keep[first:] = targets(
+        m, len(ids), kind=cfg.align.confidence, tau=cfg.score.tau,
+        fraction=cfg.align.top_fraction, **inputs)
     return swap, weight, keep
 
 
 def run_method(cfg, method: str) -> dict:
     stage = f"{STAGE}/{method}"
-    if common.is_done(cfg, stage):
-        common.log(stage, "policy exists; skipping")
-        return common.read_json(common.done_marker(cfg, stage))
-    ref_path = sft.reference_path(cfg)
+    return run_folder.once(cfg, stage, "policy exists", lambda: _train(cfg, method, stage))
+
+
+def _train(cfg, method: str, stage: str) -> dict:
+    ref_path = reference_path(cfg)
     tok = models.load_tokenizer(ref_path)
     pool, n_labelled = pool_pairs(cfg)
     ids = [p.id for p in pool]
@@ -211,38 +156,38 @@ def run_method(cfg, method: str) -> dict:
                              normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
     frozen_weights = cfg.align.lora_rank > 0
-    flops = common.train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights)
+    flops = train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights)
     if cfg.align.packed_pairs and items:
         # Packed rows send only response positions through the LM head: count its FLOPs for
         # the response share of the packed tokens (the loop counts packed tokens).
-        body = common.train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights)
+        body = train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights)
         responses = sum(len(p.chosen) + len(p.rejected) for p in items)
         flops = body + (flops - body) * responses / sum(pool_lengths[i] for i in index)
-    model = common.fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
-                       train_cfg=train, cfg=cfg, workdir=common.path(cfg, stage), name=stage,
-                       trainable=trainable, flops_per_token=flops)
+    model = fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
+                train_cfg=train, mesh=common.mesh_for(cfg), seed=cfg.seed,
+                workdir=run_folder.path(cfg, stage), name=stage, trainable=trainable,
+                flops_per_token=flops)
     if cfg.align.lora_rank > 0:
         model.eval()
-    out = common.path(cfg, stage, "model")
+    out = run_folder.path(cfg, stage, "model")
     models.save_pretrained(model, out, tokenizer=tok)
-    summary = {"method": method, "pairs": int(len(items)),
-               "weak_disagrees_with_human": float(sel_swap.mean()) if len(items) else 0.0,
-               "mean_weight": float(sel_weight.mean()) if len(items) else 0.0, "policy": out}
-    common.mark_done(cfg, stage, summary)
-    return summary
+    return {"method": method, "pairs": int(len(items)),
+            "weak_disagrees_with_human": float(sel_swap.mean()) if len(items) else 0.0,
+            "mean_weight": float(sel_weight.mean()) if len(items) else 0.0, "policy": out}
 
 
 def pool_pairs(cfg) -> tuple[list, int]:
     """The alignment pool (labelled pairs first, then unlabelled) and the number of labelled
-    ones. Labelled pairs belong to the annotator; only the 100%-human baseline trains on them,
-    so the pool (and the reference pass) holds them only when that method is configured."""
-    labelled = common.load_split(cfg, "labelled") if "human_all" in cfg.align.methods else []
-    return labelled + common.load_split(cfg, "unlabelled"), len(labelled)
+    ones. Labelled pairs belong to the annotator; only methods with pool "all" (the 100%-human
+    baseline) train on them, so the pool (and the reference pass) holds them only then."""
+    wanted = any(METHODS[m].pool == "all" for m in cfg.align.methods)
+    labelled = run_folder.load_split(cfg, "labelled") if wanted else []
+    return labelled + run_folder.load_split(cfg, "unlabelled"), len(labelled)
 
 
 def write_label_quality(cfg) -> dict | None:
     """{method: evaluation.label_quality} into align/label_quality.json (controlled settings)."""
-    gold = common.load_gold(cfg)
+    gold = run_folder.load_gold(cfg)
     if gold is None:
         return None
     pool, n_labelled = pool_pairs(cfg)
@@ -253,11 +198,12 @@ def write_label_quality(cfg) -> dict | None:
         swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
         quality[method] = label_quality(~swap, weight, keep, g[:, 0], g[:, 1])
         q = quality[method]
-        common.log(STAGE, f"{method}: {q['pairs']} pairs, gold accuracy "
-                          f"{q['gold_accuracy']:.1%}, weighted {q['weighted_gold_accuracy']:.1%}, "
-                          f"weight on gold ties {q['tie_weight_share']:.1%}")
+        log(STAGE, f"{method}: {q['pairs']} pairs, gold accuracy "
+                   f"{q['gold_accuracy']:.1%}, weighted {q['weighted_gold_accuracy']:.1%}, "
+                   f"weight on gold ties {q['tie_weight_share']:.1%}")
     if jax.process_index() == 0:
-        write_json(common.path(cfg, STAGE, "label_quality.json"), quality)
+        # Methods in the configured order, as results.md lists them.
+        write_json(run_folder.path(cfg, STAGE, "label_quality.json"), quality, sort_keys=False)
     return quality
 
 

@@ -7,8 +7,9 @@ import ml_collections
 
 from cwpo_jax import confidence, losses
 from cwpo_jax.stages.defaults import defaults
+from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
-METHODS = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
+METHODS = tuple(METHOD_TABLE)
 PAIR_RULES = ("first_two", "best_vs_random", "best_vs_rest")
 
 
@@ -81,7 +82,25 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
             errors.append(f"{field}: {message}")
 
     check(bool(cfg.output_dir), "output_dir", "is required (--config.output_dir=DIR)")
-    d = cfg.data
+    _check_data(cfg.data, check, errors)
+    _check_align(cfg.align, cfg.data, check)
+    _check_score(cfg.score, check)
+    for name in TRAINED:
+        _check_train(cfg[name].train, f"{name}.train", check)
+    _check_annotator(cfg.annotator, check)
+    _check_sft(cfg.sft, check)
+    _check_evaluate(cfg.evaluate, check)
+    _check_mesh(cfg, num_devices, check, errors)
+    if cfg.sweep.runs and not errors:
+        errors += _sweep_errors(cfg, num_devices)
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+TRAINED = ("annotator", "sft", "align")  # the sections with a train section (train_section)
+
+
+def _check_data(d, check, errors) -> None:
     check(d.source in ("file", "synthetic", "demo"), "data.source",
           f"{d.source!r} is not one of file, synthetic, demo")
     check(d.source != "file" or bool(d.path), "data.path", "is required when data.source=file")
@@ -113,7 +132,9 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
                                    "unlabelled")):
             check(size > 0, field, f"leaves the {what} split of {n} pairs empty "
                                    f"(labelled {d.labelled_fraction}, eval {d.eval_fraction})")
-    a = cfg.align
+
+
+def _check_align(a, d, check) -> None:
     check(a.loss in losses.PAIR_LOSSES, "align.loss", f"{a.loss!r} not in {losses.PAIR_LOSSES}")
     check(a.beta > 0, "align.beta", f"must be > 0, got {a.beta}")
     check(0 <= a.label_smoothing < 0.5, "align.label_smoothing",
@@ -124,48 +145,67 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     check(len(a.methods) > 0, "align.methods", "is empty")
     for m in a.methods:
         check(m in METHODS, "align.methods", f"{m!r} not in {METHODS}")
-    check("gold" not in a.methods or d.source != "file", "align.methods",
-          "'gold' needs gold scores, which only the controlled settings write (data.source="
-          "synthetic or demo); remove it for data.source=file")
+    for m in a.methods:
+        check(not (m in METHOD_TABLE and METHOD_TABLE[m].needs_gold and d.source == "file"),
+              "align.methods", f"{m!r} needs gold scores, which only the controlled settings "
+              "write (data.source=synthetic or demo); remove it for data.source=file")
     check(a.chunk_size >= 0, "align.chunk_size", "must be >= 0")
+    check(a.logprob_batch_size > 0, "align.logprob_batch_size",
+          f"must be > 0, got {a.logprob_batch_size}")
     check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
-    check(cfg.score.tau > 0, "score.tau", f"must be > 0, got {cfg.score.tau}")
-    check(cfg.score.batch_size > 0, "score.batch_size", f"must be > 0, got {cfg.score.batch_size}")
-    check(cfg.score.max_segments > 0, "score.max_segments",
-          f"must be > 0, got {cfg.score.max_segments}")
-    for name in ("annotator", "sft", "align"):
-        t = cfg[name].train
-        field = f"{name}.train"
-        check(t.learning_rate > 0, f"{field}.learning_rate", "must be > 0")
-        check(t.batch_size > 0 and t.micro_batches > 0 and t.batch_size % t.micro_batches == 0,
-              f"{field}.batch_size", f"{t.batch_size} is not a positive multiple of micro_batches "
-              f"{t.micro_batches}")
-        check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
-        check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
-              f"{t.compute_dtype!r} is not float32 or bfloat16")
-        check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
-              f"{t.schedule!r} is not cosine or constant")
-        check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
-        check(t.max_steps >= 0, f"{field}.max_steps", f"must be >= 0, got {t.max_steps}")
-        check(t.weight_decay >= 0, f"{field}.weight_decay", f"must be >= 0, got {t.weight_decay}")
-        check(t.grad_clip >= 0, f"{field}.grad_clip", f"must be >= 0, got {t.grad_clip}")
-        check(t.log_every > 0, f"{field}.log_every", f"must be > 0, got {t.log_every}")
-        check(t.save_every >= 0, f"{field}.save_every", f"must be >= 0 (0: only at the end), got "
-                                                        f"{t.save_every}")
-        check(t.keep_checkpoints > 0, f"{field}.keep_checkpoints",
-              f"must be > 0, got {t.keep_checkpoints}")
-    check(bool(cfg.annotator.model), "annotator.model", "is required")
-    check(cfg.annotator.pooling in ("", "mean", "cls", "pooler"), "annotator.pooling",
-          f"{cfg.annotator.pooling!r} is not one of '', mean, cls, pooler")
-    check(bool(cfg.sft.model), "sft.model", "is required")
-    e = cfg.evaluate
+
+
+def _check_score(s, check) -> None:
+    check(s.tau > 0, "score.tau", f"must be > 0, got {s.tau}")
+    check(s.batch_size > 0, "score.batch_size", f"must be > 0, got {s.batch_size}")
+    check(s.max_segments > 0, "score.max_segments", f"must be > 0, got {s.max_segments}")
+
+
+def _check_train(t, field, check) -> None:
+    check(t.learning_rate > 0, f"{field}.learning_rate", "must be > 0")
+    check(t.batch_size > 0 and t.micro_batches > 0 and t.batch_size % t.micro_batches == 0,
+          f"{field}.batch_size", f"{t.batch_size} is not a positive multiple of micro_batches "
+          f"{t.micro_batches}")
+    check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
+    check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
+          f"{t.compute_dtype!r} is not float32 or bfloat16")
+    check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
+          f"{t.schedule!r} is not cosine or constant")
+    check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    check(t.max_steps >= 0, f"{field}.max_steps", f"must be >= 0, got {t.max_steps}")
+    check(t.weight_decay >= 0, f"{field}.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    check(t.grad_clip >= 0, f"{field}.grad_clip", f"must be >= 0, got {t.grad_clip}")
+    check(t.log_every > 0, f"{field}.log_every", f"must be > 0, got {t.log_every}")
+    check(t.save_every >= 0, f"{field}.save_every", f"must be >= 0 (0: only at the end), got "
+                                                    f"{t.save_every}")
+    check(t.keep_checkpoints > 0, f"{field}.keep_checkpoints",
+          f"must be > 0, got {t.keep_checkpoints}")
+
+
+def _check_annotator(a, check) -> None:
+    check(bool(a.model), "annotator.model", "is required")
+    check(a.pooling in ("", "mean", "cls", "pooler"), "annotator.pooling",
+          f"{a.pooling!r} is not one of '', mean, cls, pooler")
+
+
+def _check_sft(s, check) -> None:
+    check(bool(s.model), "sft.model", "is required")
+    check(s.chunk_size >= 0, "sft.chunk_size", "must be >= 0")
+
+
+def _check_evaluate(e, check) -> None:
     check(e.temperature >= 0, "evaluate.temperature", "must be >= 0")
     check(0 < e.top_p <= 1, "evaluate.top_p", f"must be in (0, 1], got {e.top_p}")
     check(e.max_new_tokens > 0, "evaluate.max_new_tokens", "must be > 0")
     check(e.batch_size > 0, "evaluate.batch_size", f"must be > 0, got {e.batch_size}")
     check(e.samples_per_prompt > 0, "evaluate.samples_per_prompt",
           f"must be > 0, got {e.samples_per_prompt}")
+
+
+def _check_mesh(cfg, num_devices, check, errors) -> None:
+    """Mesh sizes against the devices present, then every batch against the data-parallel
+    size (only once everything else is valid: the sizes it divides by come from there)."""
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]
     check(all(s == -1 or s > 0 for s in sizes) and sizes.count(-1) <= 1, "mesh",
@@ -178,21 +218,21 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         check(num_devices % fixed == 0, "mesh",
               f"sizes {sizes}: the fixed axes need {fixed} devices, which does not divide the "
               f"{num_devices} present")
-    if num_devices is not None and not errors:
-        fixed = -(mesh.data * mesh.fsdp * mesh.tensor) if -1 in sizes else 1
-        data, fsdp, _ = [num_devices // fixed if s == -1 else s for s in sizes]
-        data_parallel = data * fsdp
-        for name in ("annotator", "sft", "align"):
-            t = cfg[name].train
-            micro = t.batch_size // t.micro_batches
-            check(micro % data_parallel == 0, f"{name}.train.batch_size",
-                  f"micro-batch {micro} is not divisible by the data-parallel size "
-                  f"{data_parallel} (mesh data x fsdp)")
-        # Scoring and reference passes put both responses of score.batch_size pairs in a batch.
-        check(2 * cfg.score.batch_size % data_parallel == 0, "score.batch_size",
-              f"2 x {cfg.score.batch_size} rows per scoring batch are not divisible by the "
-              f"data-parallel size {data_parallel} (mesh data x fsdp)")
-    if cfg.sweep.runs and not errors:
-        errors += _sweep_errors(cfg, num_devices)
-    if errors:
-        raise ConfigError("\n".join(errors))
+    if num_devices is None or errors:
+        return
+    fixed = -(mesh.data * mesh.fsdp * mesh.tensor) if -1 in sizes else 1
+    data, fsdp, _ = [num_devices // fixed if s == -1 else s for s in sizes]
+    data_parallel = data * fsdp
+    for name in TRAINED:
+        t = cfg[name].train
+        micro = t.batch_size // t.micro_batches
+        check(micro % data_parallel == 0, f"{name}.train.batch_size",
+              f"micro-batch {micro} is not divisible by the data-parallel size "
+              f"{data_parallel} (mesh data x fsdp)")
+    # Scoring and log-prob passes put both responses of their batch's pairs in one batch.
+    for field, pairs, what in (("score.batch_size", cfg.score.batch_size, "scoring"),
+                               ("align.logprob_batch_size", cfg.align.logprob_batch_size,
+                                "log-prob")):
+        check(2 * pairs % data_parallel == 0, field,
+              f"2 x {pairs} rows per {what} batch are not divisible by the data-parallel size "
+              f"{data_parallel} (mesh data x fsdp)")

@@ -77,6 +77,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict()
     c.sft.model = ""  # the strong model; its SFT result is the reference
     c.sft.enabled = True  # False: the given model already is the SFT/reference model
+    c.sft.chunk_size = 128  # chunked log-probs; 0 = full logits
     c.sft.train = train_section(learning_rate=1e-5, batch_size=32, epochs=1.0)
 
     c.align = ml_collections.ConfigDict()
@@ -88,6 +89,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.align.confidence = "c1"
     c.align.top_fraction = 0.3
     c.align.chunk_size = 128  # chunked log-probs; 0 = full logits
+    # Pairs per batch of the log-prob passes (reference, evaluation's student movement).
+    c.align.logprob_batch_size = 64
     # One packed row per pair (prompt once, response-only LM head); False = chosen and rejected
     # as separate rows. Needs a model without sliding-window attention.
     c.align.packed_pairs = True

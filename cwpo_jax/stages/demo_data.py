@@ -18,8 +18,10 @@ import jax
 from cwpo_jax import assets
 from cwpo_jax.data.splits import seeded_rank
 from cwpo_jax.io_utils import atomic_open, hash_json, hash_path
-from cwpo_jax.stages import common
 from cwpo_jax.stages.config import pool_seed
+from cwpo_jax.stages.model_sources import model_path
+from cwpo_jax.stages.sampling import sample_texts
+from cwpo_jax.train.hosts import log
 
 STAGE = "data/sample"
 
@@ -43,7 +45,7 @@ def _cache_path(cfg) -> str:
     d = cfg.data
     # The original checkpoint's hash (not the converted copy's): the cache outlives run folders.
     source = cfg.sft.model if cfg.sft.model.startswith("tiny:") else assets.resolve(cfg.sft.model)
-    student = source if os.path.exists(source) else common.model_path(cfg, cfg.sft.model)
+    student = source if os.path.exists(source) else model_path(cfg, cfg.sft.model)
     key = hash_json({"student": hash_path(student), "seed": pool_seed(cfg), "keys": "per-row",
                      "max_new_tokens": d.response_max_new_tokens,
                      "temperature": d.response_temperature, "top_p": d.response_top_p,
@@ -68,11 +70,11 @@ def sampled_responses(cfg) -> list[tuple[str, list[str]]]:
     cache = _cache_path(cfg)
     cached = _read_cache(cache)
     missing = [(p, j) for p in prompts for j in range(n) if len(cached.get(p, ())) <= j]
-    common.log(STAGE, f"{len(prompts) * n - len(missing)} of {len(prompts) * n} responses from "
-                      f"cache {cache}")
+    log(STAGE, f"{len(prompts) * n - len(missing)} of {len(prompts) * n} responses from "
+               f"cache {cache}")
     if missing:
-        texts = common.sample_texts(
-            cfg, common.model_path(cfg, cfg.sft.model),
+        texts = sample_texts(
+            cfg, model_path(cfg, cfg.sft.model),
             [[{"role": "user", "content": p}] for p, _ in missing], seed=pool_seed(cfg),
             row_ids=[response_row_id(p, j) for p, j in missing],
             max_new_tokens=d.response_max_new_tokens, temperature=d.response_temperature,

@@ -21,18 +21,22 @@ import numpy as np
 
 from cwpo_jax import gold as gold_lib
 from cwpo_jax import report, scores
-from cwpo_jax.evaluation import gold_reward_accuracy, paired_difference, prompt_win_rates
-from cwpo_jax.io_utils import atomic_open, write_json
-from cwpo_jax.stages import common, movement, sft
-from cwpo_jax.stages import score as score_stage
+from cwpo_jax.evaluation import gra_of_win_rates, paired_difference, prompt_win_rates
+from cwpo_jax.io_utils import atomic_open, read_json, write_json
+from cwpo_jax.stages import movement, run_folder
+from cwpo_jax.stages.methods import DIFFERENCES
+from cwpo_jax.stages.run_folder import reference_path, scores_path
+from cwpo_jax.stages.sampling import sample_texts
+from cwpo_jax.stages.tables import results_markdown
+from cwpo_jax.train.hosts import log
 
 STAGE = "eval"
 
 
 def eval_prompts(cfg) -> list:
-    """Unique prompts of the eval split, at most evaluate.max_eval_prompts (in split order)."""
+    """Unique prompts of the eval split, at most data.max_eval_prompts (in split order)."""
     seen, prompts = set(), []
-    for p in common.load_split(cfg, "eval"):
+    for p in run_folder.load_split(cfg, "eval"):
         key = json.dumps(p.prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -52,15 +56,15 @@ def sample(cfg, model_path: str, prompts, *, stream: int, name: str) -> list[str
     e = cfg.evaluate
     k = e.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
-    return common.sample_texts(cfg, model_path, repeated, seed=cfg.seed + stream,
-                               row_ids=list(range(len(repeated))),
-                               max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                               top_p=e.top_p, batch_size=e.batch_size, name=name)
+    return sample_texts(cfg, model_path, repeated, seed=cfg.seed + stream,
+                        row_ids=list(range(len(repeated))), max_new_tokens=e.max_new_tokens,
+                        temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
+                        name=name)
 
 
 def _write_samples(cfg, name, prompts, texts, scores_, k: int = 1):
     """One line per response: its prompt, sample index j < k, text and gold score."""
-    with atomic_open(common.path(cfg, STAGE, f"samples_{name}.jsonl")) as f:
+    with atomic_open(run_folder.path(cfg, STAGE, f"samples_{name}.jsonl")) as f:
         for i, (t, s) in enumerate(zip(texts, scores_)):
             f.write(json.dumps({"prompt": list(prompts[i // k]), "sample": i % k, "response": t,
                                 "gold": float(s)}, ensure_ascii=False) + "\n")
@@ -72,11 +76,6 @@ def _settings(cfg) -> dict:
                                   "evaluate": cfg.evaluate.to_dict()}))
 
 
-# Paired comparisons reported when both methods ran: (A, B) gives GRA(A) - GRA(B).
-DIFFERENCES = (("weak_confidence", "human"), ("weak_confidence", "weak"),
-               ("top_fraction", "weak"), ("human_all", "human"), ("gold", "human"))
-
-
 def differences(win_rates: dict[str, np.ndarray], *, seed: int, resamples: int) -> dict:
     """{"A-B": paired bootstrap of GRA(A) - GRA(B) over prompts} for DIFFERENCES present."""
     return {f"{a}-{b}": paired_difference(win_rates[a], win_rates[b], seed=seed,
@@ -84,84 +83,8 @@ def differences(win_rates: dict[str, np.ndarray], *, seed: int, resamples: int) 
             for a, b in DIFFERENCES if a in win_rates and b in win_rates}
 
 
-def _pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.1f}"
-
-
-def _num(x, fmt=".3f") -> str:
-    return "-" if x is None or x != x else format(x, fmt)
-
-
-def label_quality_markdown(quality: dict) -> list[str]:
-    lines = ["| method | pairs | gold accuracy (%) | weighted gold accuracy (%) | "
-             "weight on gold ties (%) |", "|---|---|---|---|---|"]
-    for name, q in quality.items():
-        lines.append(f"| {name} | {q['pairs']:g} | {_pct(q['gold_accuracy'])} | "
-                     f"{_pct(q['weighted_gold_accuracy'])} | {_pct(q['tie_weight_share'])} |")
-    return lines
-
-
-def differences_markdown(diffs: dict, interval: str) -> list[str]:
-    lines = [f"| difference | GRA points | 95% interval ({interval}) |", "|---|---|---|"]
-    for name, d in diffs.items():
-        lines.append(f"| {name} | {100 * d['diff']:+.1f} | [{100 * d['ci_low']:+.1f}, "
-                     f"{100 * d['ci_high']:+.1f}] |")
-    return lines
-
-
-def annotator_markdown(a: dict) -> list[str]:
-    text = (f"Annotator on the unlabelled share: accuracy vs human labels "
-            f"{_pct(a['accuracy_vs_human'])}%")
-    if "accuracy_vs_gold" in a:
-        text += (f", vs gold {_pct(a['accuracy_vs_gold'])}% (simulated raters vs gold "
-                 f"{_pct(a['human_vs_gold'])}%; {a['gold_decided_pairs']} pairs with a gold "
-                 f"preference); the {100 * a['top_fraction']:g}% most confident labels "
-                 f"{_pct(a['top_fraction_gold_accuracy'])}% vs gold; correlation of C1 with the "
-                 f"gold gap {_num(a['gold_gap_correlation'], '.2f')}")
-    text += (f"; mean C1 {_num(a['mean_confidence'])}; ECE vs human "
-             f"{_num(a['ece_vs_human'])}.")
-    lines = [text]
-    if "accuracy_by_decile_vs_gold" in a:
-        rows = [r for r in a["accuracy_by_decile_vs_gold"] if r["count"]]
-        lines += ["", "Gold accuracy of the weak labels per C1 decile (least confident first): "
-                  + ", ".join(f"{_pct(r['accuracy'])}% (C1 {r['c_low']:.3g}-{r['c_high']:.3g}, "
-                              f"{r['count']})" for r in rows) + "."]
-    return lines
-
-
-def results_markdown(results: dict) -> str:
-    cfg = results["config"]
-    lines = [f"Student {cfg['sft']['model']} (reference = "
-             f"{'its SFT' if cfg['sft']['enabled'] else 'the model as given'}), weak annotator "
-             f"{cfg['annotator']['model']} trained on {100 * cfg['data']['labelled_fraction']:.0f}%"
-             f" human labels, loss {cfg['align']['loss']} (beta {cfg['align']['beta']}).", "",
-             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained | "
-             "final train loss | held-out implicit-reward accuracy vs gold (%) | KL estimate |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, m in results["methods"].items():
-        lines.append(f"| {name} | {100 * m['gra']:.1f} | [{100 * m['ci_low']:.1f}, "
-                     f"{100 * m['ci_high']:.1f}] | {m['mean_gold']:.3f} | {m['pairs']} | "
-                     f"{_num(m.get('final_loss'))} | {_pct(m.get('heldout_gold_accuracy'))} | "
-                     f"{_num(m.get('kl_estimate'), '.2f')} |")
-    ref = results["reference"]
-    lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - | - | - | - |")
-    k = ref["samples_per_prompt"]
-    samples = (f", {k} samples per prompt from each model (GRA per prompt over the {k} x {k} "
-               f"comparisons; the interval resamples prompts)" if k > 1 else "")
-    lines += ["", f"Prompts: {ref['prompts']}{samples}. Gold judge: {results['gold_judge']}. "
-                  "Every policy is sampled with the same per-prompt keys (common random numbers)."]
-    if results.get("differences"):
-        lines += ["", "Paired differences (same prompts, same reference samples):", ""]
-        lines += differences_markdown(results["differences"], "paired bootstrap over prompts")
-    if results.get("label_quality"):
-        lines += ["", "Label quality by gold, before training (what each method trains on):", ""]
-        lines += label_quality_markdown(results["label_quality"])
-    lines += [""] + annotator_markdown(results["annotator"])
-    return "\n".join(lines) + "\n"
-
-
 def _final_loss(cfg, method: str):
-    metrics = common.path(cfg, "align", method, "metrics.jsonl")
+    metrics = run_folder.path(cfg, "align", method, "metrics.jsonl")
     if not os.path.exists(metrics):
         return None
     records = [r for r in report.read_metrics(metrics) if "loss" in r]
@@ -169,23 +92,22 @@ def _final_loss(cfg, method: str):
 
 
 def run(cfg) -> dict:
-    if (common.is_done(cfg, STAGE)
-            and common.read_json(common.done_marker(cfg, STAGE)) == _settings(cfg)):
-        common.log(STAGE, "results exist for these settings; skipping")
-        return common.read_json(common.path(cfg, "results.json"))
+    if run_folder.is_done(cfg, STAGE) and run_folder.read_done(cfg, STAGE) == _settings(cfg):
+        log(STAGE, "results exist for these settings; skipping")
+        return read_json(run_folder.path(cfg, "results.json"))
     prompts = eval_prompts(cfg)
     if not prompts:
         raise ValueError("the eval split is empty; raise data.eval_fraction")
     judge = gold_lib.make_judge(cfg.evaluate.gold_judge)
     k = cfg.evaluate.samples_per_prompt
     prompt_texts = [p[-1]["content"] for p in prompts for _ in range(k)]
-    ref_path = sft.reference_path(cfg)
+    ref_path = reference_path(cfg)
     ref_texts = sample(cfg, ref_path, prompts, stream=REFERENCE_STREAM, name=STAGE + "/reference")
     ref_gold = judge.score(prompt_texts, ref_texts)
     _write_samples(cfg, "reference", prompts, ref_texts, ref_gold, k)
     methods, win_rates, policies = {}, {}, {}
     for method in cfg.align.methods:
-        summary = common.read_json(common.done_marker(cfg, f"align/{method}"))
+        summary = run_folder.read_done(cfg, f"align/{method}")
         texts = sample(cfg, summary["policy"], prompts, stream=POLICY_STREAM,
                        name=f"{STAGE}/{method}")
         policies[method] = (summary["policy"], texts)
@@ -193,43 +115,42 @@ def run(cfg) -> dict:
         _write_samples(cfg, method, prompts, texts, policy_gold, k)
         win_rates[method] = prompt_win_rates(np.reshape(policy_gold, (-1, k)),
                                              np.reshape(ref_gold, (-1, k)))
-        stats = gold_reward_accuracy(np.reshape(policy_gold, (-1, k)),
-                                     np.reshape(ref_gold, (-1, k)), seed=cfg.seed,
-                                     resamples=cfg.evaluate.bootstrap)
+        stats = gra_of_win_rates(win_rates[method], seed=cfg.seed,
+                                 resamples=cfg.evaluate.bootstrap)
         methods[method] = {**stats, "mean_gold": float(np.mean(policy_gold)),
                            "pairs": summary["pairs"], "mean_weight": summary["mean_weight"],
                            "final_loss": _final_loss(cfg, method)}
-        common.log(STAGE, f"{method}: GRA {stats['gra']:.1%} "
-                          f"[{stats['ci_low']:.1%}, {stats['ci_high']:.1%}]")
+        log(STAGE, f"{method}: GRA {stats['gra']:.1%} "
+                   f"[{stats['ci_low']:.1%}, {stats['ci_high']:.1%}]")
     for method, moved in movement.student_movement(cfg, prompts, k, ref_path, ref_texts,
                                                    policies).items():
         methods[method].update(moved)
-    score_summary = common.read_json(common.done_marker(cfg, "score"))
+    score_summary = run_folder.read_done(cfg, "score")
     annotator = {k: v for k, v in score_summary.items() if k != "annotator"}
-    annotator.update(common.read_json(common.done_marker(cfg, "annotator")))
-    quality_path = common.path(cfg, "align", "label_quality.json")
+    annotator.update(run_folder.read_done(cfg, "annotator"))
+    quality_path = run_folder.path(cfg, "align", "label_quality.json")
     results = {"methods": methods,
                "differences": differences(win_rates, seed=cfg.seed,
                                           resamples=cfg.evaluate.bootstrap),
-               "label_quality": (common.read_json(quality_path)
+               "label_quality": (read_json(quality_path)
                                  if os.path.exists(quality_path) else None),
                "annotator": annotator, "gold_judge": judge.name,
                "reference": {"mean_gold": float(np.mean(ref_gold)), "prompts": len(prompts),
                              "samples_per_prompt": k},
-               "data": common.read_json(common.done_marker(cfg, "data")),
+               "data": run_folder.read_done(cfg, "data"),
                "config": cfg.to_dict()}
     if jax.process_index() == 0:
-        write_json(common.path(cfg, "results.json"), results)
-        with atomic_open(common.path(cfg, "results.md")) as f:
+        write_json(run_folder.path(cfg, "results.json"), results)
+        with atomic_open(run_folder.path(cfg, "results.md")) as f:
             f.write(results_markdown(results))
-        gold = common.load_gold(cfg)
-        scored = scores.read_scores(score_stage.scores_path(cfg))
+        gold = run_folder.load_gold(cfg)
+        scored = scores.read_scores(scores_path(cfg))
         gold_a = None if gold is None else (
             np.asarray([gold[i][0] > gold[i][1] for i in scored["ids"]]),
             np.asarray([gold[i][0] != gold[i][1] for i in scored["ids"]]))
         for plot in report.write_plots(cfg.output_dir, results, scored, gold_a):
-            common.log(STAGE, f"wrote {plot}")
-    common.mark_done(cfg, STAGE, _settings(cfg))
+            log(STAGE, f"wrote {plot}")
+    run_folder.mark_done(cfg, STAGE, _settings(cfg))
     if jax.process_index() == 0:
         print(results_markdown(results))
     return results

@@ -11,16 +11,17 @@ from __future__ import annotations
 from cwpo_jax import models
 from cwpo_jax.data import PreferencePair, content_id
 from cwpo_jax.evaluation import implicit_reward_accuracy, kl_estimate
-from cwpo_jax.stages import align, common
+from cwpo_jax.stages import common, run_folder
+from cwpo_jax.stages.pair_passes import pair_logprobs_pass
 
 
 def _gold_ordered_eval_pairs(cfg) -> list[PreferencePair]:
     """Eval pairs in the gold order (gold-better as chosen), gold ties left out; [] without gold."""
-    gold = common.load_gold(cfg)
+    gold = run_folder.load_gold(cfg)
     if gold is None:
         return []
     ordered = []
-    for p in common.load_split(cfg, "eval"):
+    for p in run_folder.load_split(cfg, "eval"):
         g_chosen, g_rejected = gold[p.id]
         if g_chosen != g_rejected:
             ordered.append(p if g_chosen > g_rejected else
@@ -43,8 +44,7 @@ def _sample_pairs(prompts, policy_texts, ref_texts, k: int) -> list[PreferencePa
 
 def _logprobs(cfg, model_path: str, pairs, tok, name: str):
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
-    return align.pair_logprobs_pass(cfg, models.from_pretrained(model_path), tokenized, tok,
-                                    name=name)
+    return pair_logprobs_pass(cfg, models.from_pretrained(model_path), tokenized, tok, name=name)
 
 
 def student_movement(cfg, prompts, k: int, ref_path: str, ref_texts,

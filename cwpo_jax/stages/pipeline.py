@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from cwpo_jax.stages import (align, annotator, common, evaluate, preflight, prepare, score, sft,
-                             sweep)
+from cwpo_jax.stages import align, annotator, evaluate, preflight, prepare, score, sft, sweep
 from cwpo_jax.stages.config import sweep_run_config
+from cwpo_jax.train.hosts import log, sync
 
 STAGES = (("data", prepare.run), ("annotator", annotator.run), ("score", score.run),
           ("sft", sft.run), ("align", align.run), ("eval", evaluate.run))
@@ -21,14 +21,13 @@ def run_one(cfg) -> dict:
     result = None
     for name, fn in STAGES:
         start = time.perf_counter()
-        common.log("pipeline", f"stage {name}")
+        log("pipeline", f"stage {name}")
         result = fn(cfg)
-        common.sync(f"stage {name}")  # process 0's outputs are on disk before anyone reads them
+        sync(f"stage {name}")  # process 0's outputs are on disk before anyone reads them
         if name == "data":
             preflight.check_prepared_splits(cfg)  # refuse splits too small before any training
         timings[name] = time.perf_counter() - start
-    common.log("pipeline", "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                        timings.items()))
+    log("pipeline", "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return result
 
 
@@ -37,7 +36,7 @@ def run(cfg) -> dict:
         return run_one(cfg)
     runs = []
     for i, (fraction, seed) in enumerate(cfg.sweep.runs):
-        common.log("pipeline", f"sweep run {i + 1}/{len(cfg.sweep.runs)}: labelled fraction "
-                               f"{fraction}, seed {seed}")
+        log("pipeline", f"sweep run {i + 1}/{len(cfg.sweep.runs)}: labelled fraction "
+                        f"{fraction}, seed {seed}")
         runs.append((fraction, seed, run_one(sweep_run_config(cfg, fraction, seed))))
     return sweep.write(cfg, runs)

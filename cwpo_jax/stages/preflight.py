@@ -10,7 +10,9 @@ import re
 
 from cwpo_jax import assets
 from cwpo_jax.data.readers import HUB_DATASETS, local_files
-from cwpo_jax.stages import common
+from cwpo_jax.io_utils import read_json
+from cwpo_jax.stages import run_folder
+from cwpo_jax.stages.model_sources import TINY_CONFIGS
 
 JUDGES = ("vader", "lexicon")
 
@@ -23,9 +25,9 @@ def _model_problem(spec: str) -> str | None:
     """Why a model spec cannot load (None when it can, or when only the hub can tell)."""
     if spec.startswith("tiny:"):
         family = spec.split(":", 1)[1]
-        return None if family in common.TINY_CONFIGS else (
+        return None if family in TINY_CONFIGS else (
             f"unknown tiny model family {family!r}; expected one of "
-            f"{['tiny:' + f for f in common.TINY_CONFIGS]}")
+            f"{['tiny:' + f for f in TINY_CONFIGS]}")
     try:
         path = assets.resolve(spec)
     except (ValueError, FileNotFoundError) as e:
@@ -40,9 +42,7 @@ def _model_problem(spec: str) -> str | None:
         elif not os.path.exists(os.path.join(path, "config.json")):
             return f"{path} is not an HF model folder (it has no config.json)"
         return None
-    # The rule of models.resolve_path: anything but an "owner/name" hub id names a local path.
-    if path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~")) \
-            or path.count("/") > 1:
+    if assets.is_local_path(path):  # the rule models.resolve_path applies
         return (f"{path!r} does not exist (from {os.getcwd()}); give an HF model folder, a .gguf "
                 "file, a hub id 'owner/name', 'pkg:NAME' or 'tiny:<family>'")
     return None
@@ -75,7 +75,7 @@ def check_inputs(cfg) -> None:
     fields = [("annotator.model", _model_problem(cfg.annotator.model)),
               ("sft.model", _model_problem(cfg.sft.model)),
               ("evaluate.gold_judge", _judge_problem(cfg.evaluate.gold_judge))]
-    if not common.is_done(cfg, "data"):  # only the data stage reads these
+    if not run_folder.is_done(cfg, "data"):  # only the data stage reads these
         fields.insert(0, ("data.path", _data_problem(cfg.data.path, cfg.data.split or None))
                       if cfg.data.source == "file" else
                       ("data.gold_judge", _judge_problem(cfg.data.gold_judge)))
@@ -114,11 +114,11 @@ def _origin(cfg, summary: dict) -> str:
 def check_splits(cfg, stages=("annotator", "score", "sft", "align", "eval")) -> None:
     """Raise InputError when a split that one of `stages` reads is empty or smaller than one
     of its batches, counted from the data stage's summary."""
-    marker = common.done_marker(cfg, "data")
+    marker = run_folder.done_marker(cfg, "data")
     if not os.path.exists(marker):
         raise InputError(f"no prepared splits: {marker} is missing; run launch/prepare.py or "
                          "launch/pipeline.py with this config first")
-    summary = common.read_json(marker)
+    summary = read_json(marker)
     for stage, splits, need, setting, fix in _needs(cfg):
         have = sum(summary["sizes"][s] for s in splits)
         if stage in stages and have < need:
@@ -136,5 +136,5 @@ def check_prepared_splits(cfg) -> None:
         check_splits(cfg)
     except InputError:
         with contextlib.suppress(FileNotFoundError):  # another host removed it first
-            os.remove(common.done_marker(cfg, "data"))
+            os.remove(run_folder.done_marker(cfg, "data"))
         raise

@@ -16,8 +16,9 @@ from cwpo_jax import gold as gold_lib
 from cwpo_jax.data import PreferencePair, content_id, load_preferences
 from cwpo_jax.data.splits import seeded_rank, split_pairs
 from cwpo_jax.io_utils import atomic_open, write_json
-from cwpo_jax.stages import common
+from cwpo_jax.stages import run_folder
 from cwpo_jax.stages.config import pool_seed
+from cwpo_jax.train.hosts import log
 
 STAGE = "data"
 
@@ -126,22 +127,20 @@ def train_word_tokenizer(texts, directory: str):
 
 
 def _write_split(cfg, name: str, pairs) -> None:
-    with atomic_open(common.path(cfg, STAGE, f"{name}.jsonl")) as f:
+    with atomic_open(run_folder.path(cfg, STAGE, f"{name}.jsonl")) as f:
         for p in pairs:
             f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
 
 
+@run_folder.stage(STAGE, "splits exist")
 def run(cfg) -> dict:
-    if common.is_done(cfg, STAGE):
-        common.log(STAGE, "splits exist; skipping")
-        return common.read_json(common.done_marker(cfg, STAGE))
     summary: dict = {"source": cfg.data.source}
     gold = None
     if cfg.data.source == "file":
         pairs, report = load_preferences(cfg.data.path, format=cfg.data.format,
                                          split=cfg.data.split or None)
         summary["read_report"] = str(report)
-        common.log(STAGE, f"read {len(pairs)} pairs from {cfg.data.path}: {report}")
+        log(STAGE, f"read {len(pairs)} pairs from {cfg.data.path}: {report}")
     elif cfg.data.source == "synthetic":
         triples = synthetic_pairs(cfg.data.num_pairs, pool_seed(cfg))
         pairs, gold, stats = label_with_raters(triples, cfg, "synthetic")
@@ -153,8 +152,7 @@ def run(cfg) -> dict:
                                         gold_lib.make_judge(cfg.data.gold_judge),
                                         rule=cfg.data.pair_rule, seed=pool_seed(cfg))
         if dropped:
-            common.log(STAGE, f"dropped {dropped} prompts without two distinct non-empty "
-                              "responses")
+            log(STAGE, f"dropped {dropped} prompts without two distinct non-empty responses")
         pairs, gold, stats = label_with_raters(triples, cfg, "demo")
         summary.update(stats, prompts_dropped=dropped)
     if cfg.data.source == "file" and cfg.data.num_pairs and len(pairs) > cfg.data.num_pairs:
@@ -164,13 +162,12 @@ def run(cfg) -> dict:
     for name in ("labelled", "unlabelled", "eval"):
         _write_split(cfg, name, getattr(splits, name))
     if gold is not None:
-        write_json(common.path(cfg, STAGE, "gold.json"), gold)
+        write_json(run_folder.path(cfg, STAGE, "gold.json"), gold)
     if any(spec.startswith("tiny:") for spec in (cfg.annotator.model, cfg.sft.model)):
         texts = [m["content"] for p in pairs for m in p.prompt] + \
                 [t for p in pairs for t in (p.chosen, p.rejected)] + ["Human:", "Assistant:"]
-        train_word_tokenizer(texts, common.path(cfg, STAGE, "tokenizer"))
+        train_word_tokenizer(texts, run_folder.path(cfg, STAGE, "tokenizer"))
     summary["sizes"] = splits.sizes()
-    common.log(STAGE, f"splits {splits.sizes()}" + (
+    log(STAGE, f"splits {splits.sizes()}" + (
         f", rater/gold agreement {summary['rater_gold_agreement']:.1%}" if gold else ""))
-    common.mark_done(cfg, STAGE, summary)
     return summary

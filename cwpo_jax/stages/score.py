@@ -13,20 +13,12 @@ import numpy as np
 
 from cwpo_jax import confidence, models, scores
 from cwpo_jax.evaluation import accuracy_by_decile, correlation, label_accuracy, reliability_table
-from cwpo_jax.io_utils import hash_path
-from cwpo_jax.stages import common
-from cwpo_jax.stages.annotator import score_pairs
+from cwpo_jax.stages import common, run_folder
+from cwpo_jax.stages.pair_passes import score_pairs
+from cwpo_jax.stages.run_folder import annotator_identity, scores_path
+from cwpo_jax.train.hosts import log
 
 STAGE = "score"
-
-
-def annotator_identity(cfg) -> dict:
-    model_dir = common.path(cfg, "annotator", "model")
-    return {"path": model_dir, "sha256": hash_path(model_dir)}
-
-
-def scores_path(cfg) -> str:
-    return common.path(cfg, STAGE, "scores.jsonl")
 
 
 def gold_diagnostics(cfg, ids, gold, score_a, score_b, conf) -> dict:
@@ -46,14 +38,12 @@ def gold_diagnostics(cfg, ids, gold, score_a, score_b, conf) -> dict:
             "accuracy_by_decile_vs_gold": accuracy_by_decile(conf[decided], correct[decided])}
 
 
+@run_folder.stage(STAGE, "scores exist")
 def run(cfg) -> dict:
-    if common.is_done(cfg, STAGE):
-        common.log(STAGE, "scores exist; skipping")
-        return common.read_json(common.done_marker(cfg, STAGE))
-    model_dir = common.path(cfg, "annotator", "model")
+    model_dir = run_folder.path(cfg, "annotator", "model")
     tok = models.load_tokenizer(model_dir)
     rm = models.reward_model_from_pretrained(model_dir)
-    pairs = common.load_split(cfg, "unlabelled")
+    pairs = run_folder.load_split(cfg, "unlabelled")
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
     start = time.perf_counter()
     score_a, score_b = score_pairs(cfg, rm, tokenized, tok, STAGE)
@@ -69,7 +59,7 @@ def run(cfg) -> dict:
                "accuracy_vs_human": label_accuracy(weak_a, np.ones(len(ids), bool)),
                "mean_confidence": float(conf.mean())}
     summary["calibration_vs_human"], summary["ece_vs_human"] = reliability_table(conf, weak_a)
-    gold = common.load_gold(cfg)
+    gold = run_folder.load_gold(cfg)
     if gold is not None:
         # Gold ties (e.g. two VADER-neutral answers) have no right label: left out here.
         decided = np.asarray([gold[i][0] != gold[i][1] for i in ids])
@@ -81,11 +71,10 @@ def run(cfg) -> dict:
         summary["calibration_vs_gold"], summary["ece_vs_gold"] = reliability_table(
             conf[decided], weak_a[decided] == gold_a[decided])
         summary.update(gold_diagnostics(cfg, ids, gold, score_a, score_b, conf))
-    common.log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
-                      f"human {summary['accuracy_vs_human']:.1%}" + (
-                          f", vs gold {summary['accuracy_vs_gold']:.1%} (top "
-                          f"{cfg.align.top_fraction:.0%}: {summary['top_fraction_gold_accuracy']:.1%}"
-                          f"; C1 vs gold gap r = {summary['gold_gap_correlation']:.2f})"
-                          if gold else ""))
-    common.mark_done(cfg, STAGE, summary)
+    log(STAGE, f"{len(ids)} pairs at {summary['pairs_per_s']:.1f} pairs/s; accuracy vs "
+               f"human {summary['accuracy_vs_human']:.1%}" + (
+                   f", vs gold {summary['accuracy_vs_gold']:.1%} (top "
+                   f"{cfg.align.top_fraction:.0%}: {summary['top_fraction_gold_accuracy']:.1%}"
+                   f"; C1 vs gold gap r = {summary['gold_gap_correlation']:.2f})"
+                   if gold else ""))
     return summary

@@ -15,9 +15,11 @@ import numpy as np
 from cwpo_jax import report
 from cwpo_jax.evaluation import seed_interval
 from cwpo_jax.io_utils import atomic_open, write_json
-from cwpo_jax.stages import common
+from cwpo_jax.stages import run_folder
 from cwpo_jax.stages.config import run_name
-from cwpo_jax.stages.evaluate import DIFFERENCES, differences_markdown, label_quality_markdown
+from cwpo_jax.stages.methods import DIFFERENCES
+from cwpo_jax.stages.tables import differences_markdown, label_quality_markdown, pct
+from cwpo_jax.train.hosts import log
 
 T_INTERVAL = "95% Student-t interval of the mean over seeds"
 BOOTSTRAP = "95% bootstrap interval over prompts of the single seed"
@@ -57,7 +59,7 @@ def _annotator_summary(per_run: list[dict], seeds: list[int]) -> dict:
 
 
 def _differences(group: list[dict]) -> dict:
-    """Per difference "A-B" of evaluate.DIFFERENCES: the mean over seeds of the per-seed GRA
+    """Per difference "A-B" of methods.DIFFERENCES: the mean over seeds of the per-seed GRA
     differences with a Student-t interval (a single seed keeps its paired bootstrap)."""
     out = {}
     for a, b in DIFFERENCES:
@@ -113,10 +115,6 @@ def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
                                 "reference": r["reference"]} for f, s, r in runs]}}
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def markdown(summary: dict) -> str:
     """Paper Table 3 layout: methods as rows, labelled fractions as columns; then intervals,
     the annotator and every run."""
@@ -133,8 +131,8 @@ def markdown(summary: dict) -> str:
              "GRA vs reference (%): mean ± sd over seeds (number of seeds).", "", head, rule]
 
     def cell(m):
-        sd = f" ± {_pct(m['sd'])}" if m["sd"] is not None else ""
-        return f"{_pct(m['gra'])}{sd} ({m['seeds']} seed{'s' if m['seeds'] > 1 else ''})"
+        sd = f" ± {pct(m['sd'])}" if m["sd"] is not None else ""
+        return f"{pct(m['gra'])}{sd} ({m['seeds']} seed{'s' if m['seeds'] > 1 else ''})"
 
     names = list(summary["methods"])
     for name in names:
@@ -146,7 +144,7 @@ def markdown(summary: dict) -> str:
                        ("human_vs_gold", "simulated raters vs gold")):
         if all(key in f["annotator"] for f in fractions):
             lines.append(f"| {label} (mean) | " + " | ".join(
-                _pct(f["annotator"][key]) for f in fractions) + " |")
+                pct(f["annotator"][key]) for f in fractions) + " |")
     if all("gold_gap_correlation" in f["annotator"] for f in fractions):
         lines.append("| correlation of C1 with the gold gap (mean) | " + " | ".join(
             f"{f['annotator']['gold_gap_correlation']:.2f}" for f in fractions) + " |")
@@ -154,7 +152,7 @@ def markdown(summary: dict) -> str:
                    "bootstrap interval over prompts (marked *)."), "", head, rule]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(
-            f"[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]" + ("*" if m["seeds"] == 1 else "")
+            f"[{pct(m['ci_low'])}, {pct(m['ci_high'])}]" + ("*" if m["seeds"] == 1 else "")
             for m in (f["methods"][name] for f in fractions)) + " |")
     for f in fractions:
         label = f"{100 * f['labelled_fraction']:g}% labels, {len(f['seeds'])} seed(s)"
@@ -173,9 +171,9 @@ def markdown(summary: dict) -> str:
     for r in summary["sweep"]["runs"]:
         a = r["annotator"]
         lines.append(f"| {100 * r['labelled_fraction']:g}% | {r['seed']} | " + " | ".join(
-            f"{_pct(m['gra'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]"
+            f"{pct(m['gra'])} [{pct(m['ci_low'])}, {pct(m['ci_high'])}]"
             for m in (r["methods"][n] for n in names))
-            + f" | {_pct(a['accuracy_vs_human'])} / {_pct(a.get('accuracy_vs_gold'))} |")
+            + f" | {pct(a['accuracy_vs_human'])} / {pct(a.get('accuracy_vs_gold'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,9 +183,9 @@ def write(cfg, runs: list[tuple[float, int, dict]]) -> dict:
     summary = aggregate(runs, cfg.to_dict())
     text = markdown(summary)
     if jax.process_index() == 0:
-        write_json(common.path(cfg, "results.json"), summary)
-        with atomic_open(common.path(cfg, "results.md")) as f:
+        write_json(run_folder.path(cfg, "results.json"), summary)
+        with atomic_open(run_folder.path(cfg, "results.md")) as f:
             f.write(text)
-        common.log("sweep", f"wrote {report.write_sweep_plot(cfg.output_dir, summary)}")
+        log("sweep", f"wrote {report.write_sweep_plot(cfg.output_dir, summary)}")
         print(text)
     return summary

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from cwpo_jax import losses, models, sharding
-from cwpo_jax.stages import common, prepare
+from cwpo_jax.stages import model_sources, prepare
 from cwpo_jax.train import optim, steps, tasks
 from cwpo_jax.train.state import init_train_state, split_model
 
@@ -17,7 +17,7 @@ def test_lora_only_step_updates_adapters_and_advances_dropout(tmp_path):
     prepare.train_word_tokenizer([" ".join(f"w{i}" for i in range(40)), "Human:", "Assistant:"],
                                  str(tmp_path / "tok"))
     tok = models.load_tokenizer(str(tmp_path / "tok"))
-    common.create_tiny_model("llama", str(tmp_path / "m"), tok, seed=0)
+    model_sources.create_tiny_model("llama", str(tmp_path / "m"), tok, seed=0)
     model = models.from_pretrained(str(tmp_path / "m"))
     model = models.apply_lora(model, models.LoRAConfig(rank=4, dropout=0.5), rngs=nnx.Rngs(1))
     model.train()

@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from cwpo_jax import sharding
-from cwpo_jax.stages import common
-from cwpo_jax.train import metrics
+from cwpo_jax.train import flops, metrics
 
 
 def test_peak_is_measured_in_the_requested_dtype(monkeypatch):
@@ -30,14 +29,14 @@ def test_mesh_peak_counts_every_device_and_the_compute_dtype(monkeypatch):
         asked.append(jnp.dtype(dtype))
         return 1e9 if jnp.dtype(dtype) == jnp.float32 else 3e9
 
-    monkeypatch.setattr(common, "measure_matmul_peak", fake_peak)
-    common.device_peak_flops.cache_clear()
+    monkeypatch.setattr(flops, "measure_matmul_peak", fake_peak)
+    flops.device_peak_flops.cache_clear()
     try:
         one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
         four = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
-        assert common.mesh_peak_flops(one, "float32") == 1e9
-        assert common.mesh_peak_flops(four, "float32") == 4e9
-        assert common.mesh_peak_flops(four, "bfloat16") == 12e9
+        assert flops.mesh_peak_flops(one, "float32") == 1e9
+        assert flops.mesh_peak_flops(four, "float32") == 4e9
+        assert flops.mesh_peak_flops(four, "bfloat16") == 12e9
         assert asked == [jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)]  # measured once each
     finally:
-        common.device_peak_flops.cache_clear()
+        flops.device_peak_flops.cache_clear()

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from cwpo_jax import losses, models, sharding
-from cwpo_jax.stages import common, prepare
+from cwpo_jax.stages import model_sources, prepare
 from cwpo_jax.train import optim, steps, tasks
 from cwpo_jax.train.state import init_train_state, split_model
 
@@ -23,7 +23,7 @@ def tiny_llama_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("llama")
     prepare.train_word_tokenizer([" ".join(f"w{i}" for i in range(60)), "Human:", "Assistant:"],
                                  str(d / "tok"))
-    common.create_tiny_model("llama", str(d / "m"), models.load_tokenizer(str(d / "tok")), seed=0)
+    model_sources.create_tiny_model("llama", str(d / "m"), models.load_tokenizer(str(d / "tok")), seed=0)
     return str(d / "m")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cwpo_jax import models
 from cwpo_jax.models.gguf_io import GGUFError, GGUFFile
-from cwpo_jax.stages.reward_judge import RewardModelJudge
+from cwpo_jax.gold import RewardModelJudge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", CWPO_COMPILATION_CACHE="")

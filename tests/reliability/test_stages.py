@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cwpo_jax import models
-from cwpo_jax.stages import align, annotator, common, prepare, score, sft
+from cwpo_jax.stages import (align, annotator, common, pair_passes, prepare, run_folder, score,
+                             sft)
 from cwpo_jax.train.loop import NonFiniteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +78,7 @@ def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, mo
                                                                    capfd):
     cfg = first_run
     stage = "align/weak_confidence"
-    real = align.collate_packed_pairs
+    real = pair_passes.collate_packed_pairs
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -88,36 +89,36 @@ def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, mo
                 batch["weights"] = np.full_like(batch["weights"], np.nan)
         return batch
 
-    monkeypatch.setattr(align, "collate_packed_pairs", poisoned)
-    ckpt_dir = common.path(cfg, stage, "ckpt")
+    monkeypatch.setattr(pair_passes, "collate_packed_pairs", poisoned)
+    ckpt_dir = run_folder.path(cfg, stage, "ckpt")
     with pytest.raises(NonFiniteError, match=rf"\[{stage}\] step 4: loss nan .* not finite; "
                                              rf"stopped without applying it. Last good "
                                              rf"checkpoint: {ckpt_dir}/2"):
         align.run_method(cfg, "weak_confidence")
-    assert not common.is_done(cfg, stage)
-    assert not os.path.exists(common.path(cfg, stage, "model"))
+    assert not run_folder.is_done(cfg, stage)
+    assert not os.path.exists(run_folder.path(cfg, stage, "model"))
     assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [2]
     monkeypatch.undo()
     capfd.readouterr()
     summary = align.run_method(cfg, "weak_confidence")
     assert f"resumed from {ckpt_dir}/2" in capfd.readouterr().err
-    assert common.is_done(cfg, stage) and os.path.exists(summary["policy"])
-    with open(common.path(cfg, stage, "metrics.jsonl")) as f:
+    assert run_folder.is_done(cfg, stage) and os.path.exists(summary["policy"])
+    with open(run_folder.path(cfg, stage, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     assert all(np.isfinite(r["loss"]) for r in records)
 
 
 def _reference_inputs(cfg):
-    ref_path = sft.reference_path(cfg)
+    ref_path = run_folder.reference_path(cfg)
     tok = models.load_tokenizer(ref_path)
-    pool = common.load_split(cfg, "labelled") + common.load_split(cfg, "unlabelled")
+    pool = run_folder.load_split(cfg, "labelled") + run_folder.load_split(cfg, "unlabelled")
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
     return [p.id for p in pool], tokenized, ref_path, tok
 
 
 def cache_file_for(cfg, ids):
     """The refcache file holding these pairs (the align run may have cached another pool)."""
-    folder = common.path(cfg, "refcache")
+    folder = run_folder.path(cfg, "refcache")
     for name in sorted(os.listdir(folder)):
         with np.load(os.path.join(folder, name)) as f:
             if list(f["ids"]) == list(ids):
@@ -157,18 +158,18 @@ def test_crash_between_output_and_done_marker_reruns_to_the_same_model(first_run
     """A stage killed after its last checkpoint but before done.json: the rerun restores the
     final checkpoint (no step trained again) and writes the same model."""
     cfg = first_run
-    model = common.path(cfg, "annotator", "model", "model.safetensors")
+    model = run_folder.path(cfg, "annotator", "model", "model.safetensors")
     before = read_bytes(model)
-    marker = common.done_marker(cfg, "annotator")
+    marker = run_folder.done_marker(cfg, "annotator")
     saved_marker = read_bytes(marker)
     os.remove(marker)
-    shutil.rmtree(common.path(cfg, "annotator", "model"))  # the model save was cut short too
-    n_records = len(read_metrics(common.path(cfg, "annotator", "metrics.jsonl")))
+    shutil.rmtree(run_folder.path(cfg, "annotator", "model"))  # the model save was cut short too
+    n_records = len(read_metrics(run_folder.path(cfg, "annotator", "metrics.jsonl")))
     capfd.readouterr()
     annotator.run(cfg)
     assert "resumed from" in capfd.readouterr().err
     assert read_bytes(model) == before
-    assert len(read_metrics(common.path(cfg, "annotator", "metrics.jsonl"))) == n_records
+    assert len(read_metrics(run_folder.path(cfg, "annotator", "metrics.jsonl"))) == n_records
     assert json.loads(read_bytes(marker)) == json.loads(saved_marker)
 
 
@@ -178,10 +179,10 @@ def _align_copy(first_run, directory, *, scan_layers):
                     ignore=lambda d, names: ["align"] if d == first_run.output_dir else [])
     cfg = tiny_config(directory)
     cfg.align.train.scan_layers = scan_layers
-    scores = common.path(cfg, "score", "scores.jsonl")  # its header names the annotator's path
+    scores = run_folder.path(cfg, "score", "scores.jsonl")  # its header names the annotator's path
     with open(scores) as f:
         header, rest = json.loads(f.readline()), f.read()
-    header["annotator"]["path"] = common.path(cfg, "annotator", "model")
+    header["annotator"]["path"] = run_folder.path(cfg, "annotator", "model")
     with open(scores, "w") as f:
         f.write(json.dumps(header) + "\n" + rest)
     return cfg
@@ -201,7 +202,7 @@ def test_align_with_scan_layers_resumes_and_matches_unrolled(first_run, tmp_path
     scanned = _align_copy(first_run, tmp_path / "scanned", scan_layers=True)
     expected = align.run_method(plain, "weak_confidence")
 
-    real, calls = align.collate_packed_pairs, {"n": 0}
+    real, calls = pair_passes.collate_packed_pairs, {"n": 0}
 
     def poisoned(*args, **kwargs):
         batch = real(*args, **kwargs)
@@ -211,7 +212,7 @@ def test_align_with_scan_layers_resumes_and_matches_unrolled(first_run, tmp_path
                 batch["weights"] = np.full_like(batch["weights"], np.nan)
         return batch
 
-    monkeypatch.setattr(align, "collate_packed_pairs", poisoned)
+    monkeypatch.setattr(pair_passes, "collate_packed_pairs", poisoned)
     with pytest.raises(NonFiniteError):
         align.run_method(scanned, "weak_confidence")
     monkeypatch.undo()
@@ -220,8 +221,8 @@ def test_align_with_scan_layers_resumes_and_matches_unrolled(first_run, tmp_path
     assert "resumed from" in capfd.readouterr().err
 
     stage = "align/weak_confidence"
-    want_losses = [r["loss"] for r in read_metrics(common.path(plain, stage, "metrics.jsonl"))]
-    got_losses = [r["loss"] for r in read_metrics(common.path(scanned, stage, "metrics.jsonl"))]
+    want_losses = [r["loss"] for r in read_metrics(run_folder.path(plain, stage, "metrics.jsonl"))]
+    got_losses = [r["loss"] for r in read_metrics(run_folder.path(scanned, stage, "metrics.jsonl"))]
     assert len(got_losses) >= len(want_losses) > 3
     np.testing.assert_allclose(got_losses[-len(want_losses):], want_losses, rtol=1e-4)
     want, have = _safetensors(expected["policy"]), _safetensors(got["policy"])

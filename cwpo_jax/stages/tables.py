@@ -1,0 +1,78 @@
+"""The markdown tables of results.md (one run, evaluate) and of a sweep's (stages/sweep.py)."""
+from __future__ import annotations
+
+
+def pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def num(x, fmt=".3f") -> str:
+    return "-" if x is None or x != x else format(x, fmt)
+
+
+def label_quality_markdown(quality: dict) -> list[str]:
+    lines = ["| method | pairs | gold accuracy (%) | weighted gold accuracy (%) | "
+             "weight on gold ties (%) |", "|---|---|---|---|---|"]
+    for name, q in quality.items():
+        lines.append(f"| {name} | {q['pairs']:g} | {pct(q['gold_accuracy'])} | "
+                     f"{pct(q['weighted_gold_accuracy'])} | {pct(q['tie_weight_share'])} |")
+    return lines
+
+
+def differences_markdown(diffs: dict, interval: str) -> list[str]:
+    lines = [f"| difference | GRA points | 95% interval ({interval}) |", "|---|---|---|"]
+    for name, d in diffs.items():
+        lines.append(f"| {name} | {100 * d['diff']:+.1f} | [{100 * d['ci_low']:+.1f}, "
+                     f"{100 * d['ci_high']:+.1f}] |")
+    return lines
+
+
+def annotator_markdown(a: dict) -> list[str]:
+    text = (f"Annotator on the unlabelled share: accuracy vs human labels "
+            f"{pct(a['accuracy_vs_human'])}%")
+    if "accuracy_vs_gold" in a:
+        text += (f", vs gold {pct(a['accuracy_vs_gold'])}% (simulated raters vs gold "
+                 f"{pct(a['human_vs_gold'])}%; {a['gold_decided_pairs']} pairs with a gold "
+                 f"preference); the {100 * a['top_fraction']:g}% most confident labels "
+                 f"{pct(a['top_fraction_gold_accuracy'])}% vs gold; correlation of C1 with the "
+                 f"gold gap {num(a['gold_gap_correlation'], '.2f')}")
+    text += (f"; mean C1 {num(a['mean_confidence'])}; ECE vs human "
+             f"{num(a['ece_vs_human'])}.")
+    lines = [text]
+    if "accuracy_by_decile_vs_gold" in a:
+        rows = [r for r in a["accuracy_by_decile_vs_gold"] if r["count"]]
+        lines += ["", "Gold accuracy of the weak labels per C1 decile (least confident first): "
+                  + ", ".join(f"{pct(r['accuracy'])}% (C1 {r['c_low']:.3g}-{r['c_high']:.3g}, "
+                              f"{r['count']})" for r in rows) + "."]
+    return lines
+
+
+def results_markdown(results: dict) -> str:
+    cfg = results["config"]
+    lines = [f"Student {cfg['sft']['model']} (reference = "
+             f"{'its SFT' if cfg['sft']['enabled'] else 'the model as given'}), weak annotator "
+             f"{cfg['annotator']['model']} trained on {100 * cfg['data']['labelled_fraction']:.0f}%"
+             f" human labels, loss {cfg['align']['loss']} (beta {cfg['align']['beta']}).", "",
+             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained | "
+             "final train loss | held-out implicit-reward accuracy vs gold (%) | KL estimate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        lines.append(f"| {name} | {100 * m['gra']:.1f} | [{100 * m['ci_low']:.1f}, "
+                     f"{100 * m['ci_high']:.1f}] | {m['mean_gold']:.3f} | {m['pairs']} | "
+                     f"{num(m.get('final_loss'))} | {pct(m.get('heldout_gold_accuracy'))} | "
+                     f"{num(m.get('kl_estimate'), '.2f')} |")
+    ref = results["reference"]
+    lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - | - | - | - |")
+    k = ref["samples_per_prompt"]
+    samples = (f", {k} samples per prompt from each model (GRA per prompt over the {k} x {k} "
+               f"comparisons; the interval resamples prompts)" if k > 1 else "")
+    lines += ["", f"Prompts: {ref['prompts']}{samples}. Gold judge: {results['gold_judge']}. "
+                  "Every policy is sampled with the same per-prompt keys (common random numbers)."]
+    if results.get("differences"):
+        lines += ["", "Paired differences (same prompts, same reference samples):", ""]
+        lines += differences_markdown(results["differences"], "paired bootstrap over prompts")
+    if results.get("label_quality"):
+        lines += ["", "Label quality by gold, before training (what each method trains on):", ""]
+        lines += label_quality_markdown(results["label_quality"])
+    lines += [""] + annotator_markdown(results["annotator"])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""FLOP accounting for MFU: model FLOPs per trained token and the mesh's peak FLOP/s."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cwpo_jax.train.metrics import measure_matmul_peak
+
+
+@functools.lru_cache(maxsize=None)
+def device_peak_flops(dtype: str) -> float:
+    """One device's matmul FLOP/s in the compute dtype, measured once per process."""
+    return measure_matmul_peak(dtype=jnp.dtype(dtype))
+
+
+def mesh_peak_flops(mesh, compute_dtype: str) -> float:
+    """The MFU denominator of a step sharded over `mesh`: every device's peak in that dtype."""
+    return device_peak_flops(compute_dtype) * mesh.devices.size
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def matmul_params(model, *, lm_head: bool) -> int:
+    """Parameters that cost 2 FLOPs per token in a forward pass: all but lookup tables
+    (token, position and type embeddings), plus the LM head's D x V when logits are computed
+    (a tied head reuses the embedding table as a matmul)."""
+    total = 0
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[-1] != "embedding":  # the table of an Embed module: a lookup, no FLOPs
+            total += int(np.prod(np.shape(var.get_value())))
+    if lm_head:
+        total += int(np.prod(model.lm_head_matrix().shape))
+        untied = getattr(model, "lm_head", None)
+        if untied is not None:  # counted above as a regular matrix; do not count it twice
+            total -= int(np.prod(model.lm_head_matrix().shape))
+    return total
+
+
+def train_flops_per_token(model, *, lm_head: bool, frozen_weights: bool) -> float:
+    """Forward + backward FLOPs per token: 6 N (2 forward, 2 activation grads, 2 weight grads);
+    4 N when the weights are frozen (LoRA: adapter FLOPs are negligible)."""
+    return (4.0 if frozen_weights else 6.0) * matmul_params(model, lm_head=lm_head)
