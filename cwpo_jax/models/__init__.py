@@ -8,11 +8,13 @@ Public entry points (see docs/models.md):
   logical_axes(model)                           -> logical axis names per nnx.Param
   generate(model, ids, mask, key=..., ...)      -> jitted KV-cache sampling
   stack_layers(model) / unstack_layers(model)   -> scan over layers (Llama family) and back
+  families                                      -> the supported families (models.spec.Family)
 """
 from __future__ import annotations
 
 import os
 
+from cwpo_jax.models import families
 from cwpo_jax.models.bert import BertConfig, BertModel
 from cwpo_jax.models.checkpoint_hf import load_hf_model, load_hf_reward_model, save_hf
 from cwpo_jax.models.gguf_io import load_gguf_model
@@ -48,6 +50,7 @@ __all__ = [
     "RewardModel",
     "StackedLayers",
     "apply_lora",
+    "families",
     "from_pretrained",
     "generate",
     "has_lora",
