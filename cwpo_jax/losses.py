@@ -236,14 +236,24 @@ def weighted_mean(values, weights, *, normalize=False, valid=None):
 
 
 def preference_metrics(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, weights=None, valid=None
-):
-    """The numbers a DPO run logs, as scalar batch means (padding rows with valid = 0 excluded).
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float, weights=None,
+    valid=None,
+) -> dict[str, jax.Array]:
+    """The numbers a DPO run logs, under the names TRL uses, as scalar batch means (padding
+    rows with valid = 0 excluded). All inputs [B]; log-probs are summed over response tokens.
 
-    Implicit rewards r+ = beta (pi(y+) - ref(y+)), r- = beta (pi(y-) - ref(y-)), all [B] inputs.
-    Returns dict: rewards_chosen, rewards_rejected, reward_margin (mean of r+ - r-),
-    reward_accuracy (share with r+ > r-), weighted_accuracy (sum w [r+ > r-] / sum w; equals
-    reward_accuracy when weights is None).
+    With implicit rewards r+ = beta (pi(y+) - ref(y+)), r- = beta (pi(y-) - ref(y-)):
+      rewards/chosen, rewards/rejected   mean r+, mean r-
+      rewards/margins                    mean of r+ - r-
+      rewards/accuracies                 share with r+ > r- (ties are not correct)
+      logps/chosen, logps/rejected       mean policy log-probs pi(y+), pi(y-)
+    and what CW-PO adds, for weights w (all 1 when None):
+      rewards/weighted_accuracies        sum w [r+ > r-] / sum w
+      weights/mean                       mean w
+      weights/effective                  effective sample share (sum w)^2 / (n sum w^2) over
+                                         the n valid rows: Kish's effective sample size over n;
+                                         1 when all weights are equal, 1/n when one pair holds
+                                         all the weight, 0 when every weight is 0.
     """
     rewards_chosen = beta * (_float(policy_chosen) - _float(ref_chosen))
     rewards_rejected = beta * (_float(policy_rejected) - _float(ref_rejected))
@@ -254,10 +264,16 @@ def preference_metrics(
     def mean(x):  # masked mean over the valid rows
         return weighted_mean(x, valid, normalize=True)
 
+    total = jnp.sum(valid * weights)
+    spread = jnp.sum(valid) * jnp.sum(valid * weights**2)
     return {
-        "rewards_chosen": mean(rewards_chosen),
-        "rewards_rejected": mean(rewards_rejected),
-        "reward_margin": mean(rewards_chosen - rewards_rejected),
-        "reward_accuracy": mean(correct),
-        "weighted_accuracy": weighted_mean(correct, weights * valid, normalize=True),
+        "rewards/chosen": mean(rewards_chosen),
+        "rewards/rejected": mean(rewards_rejected),
+        "rewards/margins": mean(rewards_chosen - rewards_rejected),
+        "rewards/accuracies": mean(correct),
+        "rewards/weighted_accuracies": weighted_mean(correct, weights * valid, normalize=True),
+        "logps/chosen": mean(_float(policy_chosen)),
+        "logps/rejected": mean(_float(policy_rejected)),
+        "weights/mean": mean(weights),
+        "weights/effective": total**2 / jnp.where(spread > 0, spread, 1.0),
     }

@@ -268,14 +268,33 @@ def test_preference_metrics():
     pr = jnp.array([-2.0, -1.0, -3.0])
     z = jnp.zeros(3)
     m = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([1.0, 0.0, 1.0]))
-    np.testing.assert_allclose(m["rewards_chosen"], 2 * (-6 / 3))
-    np.testing.assert_allclose(m["rewards_rejected"], 2 * (-6 / 3))
-    np.testing.assert_allclose(m["reward_margin"], 0.0)
-    np.testing.assert_allclose(m["reward_accuracy"], 1 / 3)  # ties are not correct
-    np.testing.assert_allclose(m["weighted_accuracy"], 1 / 2)
+    np.testing.assert_allclose(m["rewards/chosen"], 2 * (-6 / 3))
+    np.testing.assert_allclose(m["rewards/rejected"], 2 * (-6 / 3))
+    np.testing.assert_allclose(m["rewards/margins"], 0.0)
+    np.testing.assert_allclose(m["rewards/accuracies"], 1 / 3)  # ties are not correct
+    np.testing.assert_allclose(m["rewards/weighted_accuracies"], 1 / 2)
     masked = losses.preference_metrics(pc, pr, z, z, beta=2.0, valid=jnp.array([1.0, 0.0, 0.0]))
-    np.testing.assert_allclose(masked["reward_accuracy"], 1.0)
-    np.testing.assert_allclose(masked["rewards_chosen"], -2.0)
+    np.testing.assert_allclose(masked["rewards/accuracies"], 1.0)
+    np.testing.assert_allclose(masked["rewards/chosen"], -2.0)
+
+
+def test_preference_metrics_logps_and_weights():
+    pc = jnp.array([-1.0, -2.0, -3.0, -9.0])
+    pr = jnp.array([-2.0, -1.0, -3.0, -9.0])
+    z = jnp.zeros(4)
+    valid = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last row is padding
+    m = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([1.0, 0.0, 1.0, 5.0]),
+                                  valid=valid)
+    np.testing.assert_allclose(m["logps/chosen"], -2.0)
+    np.testing.assert_allclose(m["logps/rejected"], -2.0)
+    np.testing.assert_allclose(m["weights/mean"], 2 / 3)
+    np.testing.assert_allclose(m["weights/effective"], 2**2 / (3 * 2))  # (sum w)^2 / (n sum w^2)
+    equal = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.full(4, 0.3))
+    np.testing.assert_allclose(equal["weights/effective"], 1.0, rtol=1e-6)
+    one = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([0, 0, 2.0, 0]))
+    np.testing.assert_allclose(one["weights/effective"], 1 / 4)
+    none = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.zeros(4))
+    assert float(none["weights/effective"]) == 0.0
 
 
 # ---------------------------------------------------------------- sequence log-probs
