@@ -160,6 +160,26 @@ def test_ipo_empty_response_is_finite():
     assert np.all(np.isfinite(out))
 
 
+def test_pair_loss_fn_calls_the_table_entry():
+    pc, pr, rc, rr, nc, nr = (jnp.asarray(x, jnp.float32) for x in random_logps(7, n=5,
+                                                                               scale=2.0))
+    expected = {
+        "dpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.5),
+        "cdpo": losses.cdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "rdpo": losses.rdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "ipo": losses.ipo_loss(pc, pr, rc, rr, beta=0.5, chosen_tokens=nc, rejected_tokens=nr),
+        "hinge": losses.hinge_loss(pc, pr, rc, rr, beta=0.5),
+        "simpo": losses.simpo_loss(pc, pr, beta=0.5, gamma=0.3, chosen_tokens=nc,
+                                   rejected_tokens=nr),
+    }
+    assert set(expected) == set(losses.PAIR_LOSSES)
+    for name, want in expected.items():
+        fn = losses.pair_loss_fn(name, beta=0.5, label_smoothing=0.1, gamma=0.3)
+        np.testing.assert_array_equal(fn(pc, pr, rc, rr, nc, nr), want, err_msg=name)
+    with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
+        losses.pair_loss_fn("kto", beta=0.5)
+
+
 @pytest.mark.parametrize("name", losses.PAIR_LOSSES)
 @pytest.mark.parametrize("magnitude", [1e4, -1e4])
 def test_extreme_logps_stay_finite(name, magnitude):
