@@ -86,12 +86,10 @@ def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransform
     return step
 
 
-# XLA:CPU's default scheduler orders for concurrency (breadth first): in the update it computes
-# the clipped gradient of every leaf before the first AdamW update, a second gradient-sized tree
-# next to the gradients. The memory-optimised one goes leaf by leaf. With the multiply in
-# `update`, SmolLM2 full fine-tuning (benchmarks/dpo_step.py): XLA temp 1128 -> 976 MiB, the
-# peak moving to the start of the backward pass; step time the same within noise. (Either
-# change alone: 1128 MiB.)
+# XLA:CPU's default scheduler is breadth first: in the update it would compute every leaf's
+# clipped gradient before the first AdamW update, a second gradient-sized tree next to the
+# gradients. The memory-optimised one goes leaf by leaf, at the same step time (BENCHMARKS.md,
+# "Optimisations: prediction and outcome").
 CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
