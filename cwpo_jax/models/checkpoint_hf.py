@@ -13,11 +13,13 @@ import math
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
 from cwpo_jax.io_utils import file_mode
 from cwpo_jax.models import families, layers
@@ -210,7 +212,8 @@ def family_of(hf: dict) -> Family:
     return family
 
 
-def build_config(hf: dict, *, dtype="float32", param_dtype=None, **overrides):
+def build_config(hf: dict, *, dtype: DTypeLike = "float32", param_dtype: DTypeLike | None = None,
+                 **overrides: Any) -> tuple[Any, type[nnx.Module]]:
     """HF config dict -> (our config, model class); `overrides` replace config fields."""
     family = family_of(hf)
     cfg_cls, model_cls = family.config_cls, family.model_cls
@@ -233,7 +236,8 @@ def _detect_overrides(hf: dict, store: TensorStore, overrides: dict) -> dict:
     return {**family.weight_overrides(store), **overrides}
 
 
-def load_hf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
+def load_hf_model(path: str, *, dtype: DTypeLike = "float32", param_dtype: DTypeLike | None = None,
+                  **overrides: Any) -> nnx.Module:
     """HF directory -> causal LM (Llama family / OPT) or BertModel, weights loaded."""
     hf = read_config(path)
     store = TensorStore(path)
@@ -243,8 +247,9 @@ def load_hf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
     return load_params(abstract, _store_getter(store), lambda p: hf_name(cfg.model_type, p))
 
 
-def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: int = 0,
-                         **overrides):
+def load_hf_reward_model(path: str, *, dtype: DTypeLike = "float32",
+                         param_dtype: DTypeLike | None = None, seed: int = 0,
+                         **overrides: Any) -> RewardModel:
     """HF directory -> RewardModel. A *ForSequenceClassification checkpoint with one label
     loads its head; a base / causal-LM checkpoint gets a fresh small head (seeded)."""
     hf = read_config(path)

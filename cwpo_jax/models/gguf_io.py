@@ -5,8 +5,11 @@ so the weights match HF's rotate-half layout (and our `apply_rope`).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
 from cwpo_jax.models import families
 from cwpo_jax.models.checkpoint_hf import build_config, hf_name, load_params
@@ -100,7 +103,8 @@ def hf_config_from_gguf(g: GGUFFile) -> dict:
     }
 
 
-def load_gguf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
+def load_gguf_model(path: str, *, dtype: DTypeLike = "float32",
+                    param_dtype: DTypeLike | None = None, **overrides: Any) -> nnx.Module:
     """A .gguf file -> LlamaForCausalLM with dequantised (fp32, then cast) weights."""
     g = GGUFFile(path)
     hf = hf_config_from_gguf(g)
