@@ -63,7 +63,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
 
 from cwpo_jax import assets, losses, models, sharding  # noqa: E402
 from cwpo_jax.host_memory import release_freed_heap  # noqa: E402
@@ -240,7 +239,7 @@ def main(argv=None):
         # The reference forward runs right before each train step, timed with it. Its weights
         # are an argument: closed over by the train step, jit embedded them in the program as
         # constants (measured with SmolLM2: 1.7 GB more RSS for its 0.5 GB of weights).
-        @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, steps.batch_spec(1)))
+        @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh, 2, 1))
         def reference_logps(weights, batch):
             micro = jax.tree.map(lambda x: x[0], batch)  # one micro-batch
             model = nnx.merge(ref_graphdef, weights)

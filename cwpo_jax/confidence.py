@@ -11,17 +11,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 CONFIDENCE_KINDS = ("c1", "c2", "c3")
 LABEL_SOURCES = ("human", "weak", "weak_confidence", "top_fraction")
 
 
-def weak_labels(score_a, score_b):
+def weak_labels(score_a: ArrayLike, score_b: ArrayLike) -> jax.Array:
     """True where the annotator prefers response a: score_a >= score_b (ties go to a). [N] bool."""
     return jnp.asarray(score_a) >= jnp.asarray(score_b)
 
 
-def confidence(score_a, score_b, *, kind="c1", tau=1.0):
+def confidence(score_a: ArrayLike, score_b: ArrayLike, *, kind: str = "c1",
+               tau: float = 1.0) -> jax.Array:
     """Annotator confidence in its own label, [N] in [0, 1], with d = |score_a - score_b|:
 
     c1 = 2 * sigmoid(d) - 1 = tanh(d / 2)   (paper Eq. 8, the default; 0 for a tie)
@@ -58,7 +60,7 @@ def top_fraction_count(n: int, fraction: float) -> int:
     return min(n, math.ceil(round(fraction * n, 9)))
 
 
-def top_fraction_mask(conf, fraction):
+def top_fraction_mask(conf: ArrayLike, fraction: float) -> jax.Array:
     """Mask of the ceil(fraction * N) most confident pairs, [N] bool.
 
     Ties are broken by position (earlier pair first), so the result is deterministic.
@@ -84,7 +86,9 @@ class PairTargets(NamedTuple):
 
 
 def pair_targets(
-    source, *, n=None, score_a=None, score_b=None, kind="c1", tau=1.0, fraction=None
+    source: str, *, n: int | None = None, score_a: ArrayLike | None = None,
+    score_b: ArrayLike | None = None, kind: str = "c1", tau: float = 1.0,
+    fraction: float | None = None,
 ) -> PairTargets:
     """Turn a label source into (order, weight, keep) for the alignment stage.
 

@@ -12,14 +12,16 @@ Conventions
 """
 from __future__ import annotations
 
-import functools
+import inspect
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
 
 
-def _float(x):
+def _float(x: ArrayLike) -> Array:
     """Promote to at least float32 (bf16/fp16 -> fp32; fp64 stays fp64)."""
     x = jnp.asarray(x)
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -28,7 +30,8 @@ def _float(x):
 # ----------------------------------------------------------------------------- log-probs
 
 
-def sequence_logprobs(logits, targets, mask):
+def sequence_logprobs(logits: ArrayLike, targets: ArrayLike,
+                      mask: ArrayLike) -> tuple[Array, Array]:
     """Summed log-probabilities of `targets` under `logits`, over the positions in `mask`.
 
     logits  [B, T, V] any float dtype; position t scores targets[:, t] (caller has shifted).
@@ -47,7 +50,8 @@ def sequence_logprobs(logits, targets, mask):
     return jnp.sum(token_logp * mask, axis=-1), jnp.sum(mask, axis=-1)
 
 
-def chunked_sequence_logprobs(hidden, lm_head, targets, mask, *, chunk_size: int):
+def chunked_sequence_logprobs(hidden: Array, lm_head: Array, targets: Array, mask: Array, *,
+                              chunk_size: int) -> tuple[Array, Array]:
     """`sequence_logprobs` from final hidden states, never holding [B, T, V] logits at once.
 
     hidden  [B, T, D] final (normed) hidden states, any float dtype.
@@ -99,20 +103,23 @@ def chunked_sequence_logprobs(hidden, lm_head, targets, mask, *, chunk_size: int
 # ----------------------------------------------------------------------------- per-pair losses
 
 
-def _log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
+def _log_ratio_margin(policy_chosen: ArrayLike, policy_rejected: ArrayLike,
+                      ref_chosen: ArrayLike, ref_rejected: ArrayLike) -> Array:
     """h = (log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)), [B]."""
     return (_float(policy_chosen) - _float(ref_chosen)) - (
         _float(policy_rejected) - _float(ref_rejected)
     )
 
 
-def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
+def dpo_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+             ref_rejected: ArrayLike, *, beta: float) -> Array:
     """Sigmoid DPO: l = -log sigmoid(beta * h). All inputs [B]; returns [B]. At h = 0, l = ln 2."""
     h = _log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return -jax.nn.log_sigmoid(beta * h)
 
 
-def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, label_smoothing):
+def cdpo_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+              ref_rejected: ArrayLike, *, beta: float, label_smoothing: float) -> Array:
     """Conservative DPO (label smoothing e):
     l = -(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h). [B] -> [B]; e = 0 gives DPO."""
     h = _log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
@@ -120,7 +127,8 @@ def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
     return -(1.0 - e) * jax.nn.log_sigmoid(beta * h) - e * jax.nn.log_sigmoid(-beta * h)
 
 
-def rdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, label_smoothing):
+def rdpo_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+              ref_rejected: ArrayLike, *, beta: float, label_smoothing: float) -> Array:
     """Robust DPO (Chowdhury et al. 2024), e = assumed label-flip rate in [0, 0.5):
     l = [(1 - e) l_DPO(y+, y-) - e l_DPO(y-, y+)] / (1 - 2e)
       = [-(1 - e) log sigmoid(beta h) + e log sigmoid(-beta h)] / (1 - 2e).
@@ -133,8 +141,9 @@ def rdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
 
 
 def ipo_loss(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, chosen_tokens, rejected_tokens
-):
+    policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+    ref_rejected: ArrayLike, *, beta: float, chosen_tokens: ArrayLike, rejected_tokens: ArrayLike,
+) -> Array:
     """IPO with per-token averaged log-ratios (as TRL):
     h_avg = (pi(y+) - ref(y+)) / n+ - (pi(y-) - ref(y-)) / n-,  l = (h_avg - 1 / (2 beta))^2.
     Token counts [B] are clamped to >= 1 so an empty response gives a finite loss. Returns [B]."""
@@ -146,13 +155,15 @@ def ipo_loss(
     return (h - 1.0 / (2.0 * beta)) ** 2
 
 
-def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
+def hinge_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+               ref_rejected: ArrayLike, *, beta: float) -> Array:
     """Hinge (SLiC-style): l = max(0, 1 - beta * h). [B] -> [B]."""
     h = _log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     return jax.nn.relu(1.0 - beta * h)
 
 
-def simpo_loss(policy_chosen, policy_rejected, *, beta, gamma, chosen_tokens, rejected_tokens):
+def simpo_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, *, beta: float, gamma: float,
+               chosen_tokens: ArrayLike, rejected_tokens: ArrayLike) -> Array:
     """SimPO (reference-free, Meng et al. 2024), gamma the target reward margin:
     l = -log sigmoid(beta * (pi(y+) / n+ - pi(y-) / n-) - gamma). Counts clamped to >= 1. [B]."""
     n_chosen = jnp.maximum(_float(chosen_tokens), 1.0)
@@ -161,18 +172,32 @@ def simpo_loss(policy_chosen, policy_rejected, *, beta, gamma, chosen_tokens, re
     return -jax.nn.log_sigmoid(z)
 
 
-def bradley_terry_loss(reward_chosen, reward_rejected, *, margin=0.0):
+def bradley_terry_loss(reward_chosen: ArrayLike, reward_rejected: ArrayLike, *,
+                       margin: float = 0.0) -> Array:
     """Bradley-Terry reward-model loss: l = -log sigmoid(r(y+) - r(y-) - margin). [B] -> [B]."""
     return -jax.nn.log_sigmoid(_float(reward_chosen) - _float(reward_rejected) - margin)
 
 
 # ----------------------------------------------------------------------------- loss by name
 
-PAIR_LOSSES = ("dpo", "cdpo", "rdpo", "ipo", "hinge", "simpo")
-PairLossFn = Callable[..., jax.Array]
+PairLossFn = Callable[..., Array]
+
+# name -> per-pair loss. Adding a loss is one entry here (plus a test): `pair_loss_fn` passes
+# each loss only what its signature names (the reference log-probs, beta, label_smoothing,
+# gamma, chosen_tokens, rejected_tokens).
+PAIR_LOSS_TABLE: dict[str, PairLossFn] = {
+    "dpo": dpo_loss,
+    "cdpo": cdpo_loss,
+    "rdpo": rdpo_loss,
+    "ipo": ipo_loss,
+    "hinge": hinge_loss,
+    "simpo": simpo_loss,
+}
+PAIR_LOSSES = tuple(PAIR_LOSS_TABLE)
 
 
-def pair_loss_fn(name: str, *, beta: float, label_smoothing: float = 0.0, gamma: float = 0.0):
+def pair_loss_fn(name: str, *, beta: float, label_smoothing: float = 0.0,
+                 gamma: float = 0.0) -> PairLossFn:
     """A per-pair loss with one uniform signature, chosen once (outside the jitted step):
     fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
     -> [B]. Arguments a loss does not use are ignored (SimPO ignores the reference)."""
@@ -180,31 +205,29 @@ def pair_loss_fn(name: str, *, beta: float, label_smoothing: float = 0.0, gamma:
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    if name == "dpo":
-        base = functools.partial(dpo_loss, beta=beta)
-    elif name == "cdpo":
-        base = functools.partial(cdpo_loss, beta=beta, label_smoothing=label_smoothing)
-    elif name == "rdpo":
-        base = functools.partial(rdpo_loss, beta=beta, label_smoothing=label_smoothing)
-    elif name == "hinge":
-        base = functools.partial(hinge_loss, beta=beta)
-    elif name == "ipo":
-        return lambda pc, pr, rc, rr, nc, nr: ipo_loss(
-            pc, pr, rc, rr, beta=beta, chosen_tokens=nc, rejected_tokens=nr
-        )
-    elif name == "simpo":
-        return lambda pc, pr, rc, rr, nc, nr: simpo_loss(
-            pc, pr, beta=beta, gamma=gamma, chosen_tokens=nc, rejected_tokens=nr
-        )
-    else:
+    if name not in PAIR_LOSS_TABLE:
         raise ValueError(f"unknown preference loss {name!r}; expected one of {PAIR_LOSSES}")
-    return lambda pc, pr, rc, rr, nc, nr: base(pc, pr, rc, rr)
+    loss = PAIR_LOSS_TABLE[name]
+    params = inspect.signature(loss).parameters
+    hyper = {k: v for k, v in
+             {"beta": beta, "label_smoothing": label_smoothing, "gamma": gamma}.items()
+             if k in params}
+    uses_ref = "ref_chosen" in params
+    uses_tokens = "chosen_tokens" in params
+
+    def fn(pc, pr, rc, rr, nc, nr):
+        refs = (rc, rr) if uses_ref else ()
+        tokens = {"chosen_tokens": nc, "rejected_tokens": nr} if uses_tokens else {}
+        return loss(pc, pr, *refs, **hyper, **tokens)
+
+    return fn
 
 
 # ----------------------------------------------------------------------------- reduction
 
 
-def weighted_sum_and_count(values, weights, *, normalize=False, valid=None):
+def weighted_sum_and_count(values: ArrayLike, weights: ArrayLike, *, normalize: bool = False,
+                           valid: ArrayLike | None = None) -> tuple[Array, Array]:
     """Numerator and denominator of the CW-PO reduction, for accumulation across micro-batches.
 
     values, weights [B]; valid [B] optional (0 marks padding rows that must not count).
@@ -219,7 +242,8 @@ def weighted_sum_and_count(values, weights, *, normalize=False, valid=None):
     return numerator, denominator
 
 
-def weighted_mean(values, weights, *, normalize=False, valid=None):
+def weighted_mean(values: ArrayLike, weights: ArrayLike, *, normalize: bool = False,
+                  valid: ArrayLike | None = None) -> Array:
     """CW-PO reduction. values, weights [B] -> scalar.
 
     normalize=False: mean(w * values) (paper's E[C * l]).
@@ -236,14 +260,25 @@ def weighted_mean(values, weights, *, normalize=False, valid=None):
 
 
 def preference_metrics(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, weights=None, valid=None
-):
-    """The numbers a DPO run logs, as scalar batch means (padding rows with valid = 0 excluded).
+    policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
+    ref_rejected: ArrayLike, *, beta: float, weights: ArrayLike | None = None,
+    valid: ArrayLike | None = None,
+) -> dict[str, Array]:
+    """The numbers a DPO run logs, under the names TRL uses, as scalar batch means (padding
+    rows with valid = 0 excluded). All inputs [B]; log-probs are summed over response tokens.
 
-    Implicit rewards r+ = beta (pi(y+) - ref(y+)), r- = beta (pi(y-) - ref(y-)), all [B] inputs.
-    Returns dict: rewards_chosen, rewards_rejected, reward_margin (mean of r+ - r-),
-    reward_accuracy (share with r+ > r-), weighted_accuracy (sum w [r+ > r-] / sum w; equals
-    reward_accuracy when weights is None).
+    With implicit rewards r+ = beta (pi(y+) - ref(y+)), r- = beta (pi(y-) - ref(y-)):
+      rewards/chosen, rewards/rejected   mean r+, mean r-
+      rewards/margins                    mean of r+ - r-
+      rewards/accuracies                 share with r+ > r- (ties are not correct)
+      logps/chosen, logps/rejected       mean policy log-probs pi(y+), pi(y-)
+    and what CW-PO adds, for weights w (all 1 when None):
+      rewards/weighted_accuracies        sum w [r+ > r-] / sum w
+      weights/mean                       mean w
+      weights/effective                  effective sample share (sum w)^2 / (n sum w^2) over
+                                         the n valid rows: Kish's effective sample size over n;
+                                         1 when all weights are equal, 1/n when one pair holds
+                                         all the weight, 0 when every weight is 0.
     """
     rewards_chosen = beta * (_float(policy_chosen) - _float(ref_chosen))
     rewards_rejected = beta * (_float(policy_rejected) - _float(ref_rejected))
@@ -254,10 +289,16 @@ def preference_metrics(
     def mean(x):  # masked mean over the valid rows
         return weighted_mean(x, valid, normalize=True)
 
+    total = jnp.sum(valid * weights)
+    spread = jnp.sum(valid) * jnp.sum(valid * weights**2)
     return {
-        "rewards_chosen": mean(rewards_chosen),
-        "rewards_rejected": mean(rewards_rejected),
-        "reward_margin": mean(rewards_chosen - rewards_rejected),
-        "reward_accuracy": mean(correct),
-        "weighted_accuracy": weighted_mean(correct, weights * valid, normalize=True),
+        "rewards/chosen": mean(rewards_chosen),
+        "rewards/rejected": mean(rewards_rejected),
+        "rewards/margins": mean(rewards_chosen - rewards_rejected),
+        "rewards/accuracies": mean(correct),
+        "rewards/weighted_accuracies": weighted_mean(correct, weights * valid, normalize=True),
+        "logps/chosen": mean(_float(policy_chosen)),
+        "logps/rejected": mean(_float(policy_rejected)),
+        "weights/mean": mean(weights),
+        "weights/effective": total**2 / jnp.where(spread > 0, spread, 1.0),
     }

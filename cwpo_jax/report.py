@@ -141,7 +141,7 @@ def plot_training(curves: dict[str, list[dict]], path: str) -> None:
         for name, records in curves.items():
             steps = [r["step"] for r in records]
             axes[0].plot(steps, [r["loss"] for r in records], label=name)
-            key = "reward_margin" if "reward_margin" in records[0] else None
+            key = "rewards/margins" if "rewards/margins" in records[0] else None
             if key:
                 axes[1].plot(steps, [r[key] for r in records], label=name)
         axes[0].set_title("training loss")

@@ -120,7 +120,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, leading: int = 0) -> NamedSharding:
-    """Shard the batch dimension (after `leading` unsharded dims, e.g. gradient accumulation)."""
+    """Shard the batch dimension (after `leading` unsharded dims, e.g. gradient accumulation).
+    Arrays of more than `ndim` dims get their extra trailing dims unsharded as well."""
     return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
 
 

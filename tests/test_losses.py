@@ -160,6 +160,26 @@ def test_ipo_empty_response_is_finite():
     assert np.all(np.isfinite(out))
 
 
+def test_pair_loss_fn_calls_the_table_entry():
+    pc, pr, rc, rr, nc, nr = (jnp.asarray(x, jnp.float32) for x in random_logps(7, n=5,
+                                                                               scale=2.0))
+    expected = {
+        "dpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.5),
+        "cdpo": losses.cdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "rdpo": losses.rdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "ipo": losses.ipo_loss(pc, pr, rc, rr, beta=0.5, chosen_tokens=nc, rejected_tokens=nr),
+        "hinge": losses.hinge_loss(pc, pr, rc, rr, beta=0.5),
+        "simpo": losses.simpo_loss(pc, pr, beta=0.5, gamma=0.3, chosen_tokens=nc,
+                                   rejected_tokens=nr),
+    }
+    assert set(expected) == set(losses.PAIR_LOSSES)
+    for name, want in expected.items():
+        fn = losses.pair_loss_fn(name, beta=0.5, label_smoothing=0.1, gamma=0.3)
+        np.testing.assert_array_equal(fn(pc, pr, rc, rr, nc, nr), want, err_msg=name)
+    with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
+        losses.pair_loss_fn("kto", beta=0.5)
+
+
 @pytest.mark.parametrize("name", losses.PAIR_LOSSES)
 @pytest.mark.parametrize("magnitude", [1e4, -1e4])
 def test_extreme_logps_stay_finite(name, magnitude):
@@ -268,14 +288,33 @@ def test_preference_metrics():
     pr = jnp.array([-2.0, -1.0, -3.0])
     z = jnp.zeros(3)
     m = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([1.0, 0.0, 1.0]))
-    np.testing.assert_allclose(m["rewards_chosen"], 2 * (-6 / 3))
-    np.testing.assert_allclose(m["rewards_rejected"], 2 * (-6 / 3))
-    np.testing.assert_allclose(m["reward_margin"], 0.0)
-    np.testing.assert_allclose(m["reward_accuracy"], 1 / 3)  # ties are not correct
-    np.testing.assert_allclose(m["weighted_accuracy"], 1 / 2)
+    np.testing.assert_allclose(m["rewards/chosen"], 2 * (-6 / 3))
+    np.testing.assert_allclose(m["rewards/rejected"], 2 * (-6 / 3))
+    np.testing.assert_allclose(m["rewards/margins"], 0.0)
+    np.testing.assert_allclose(m["rewards/accuracies"], 1 / 3)  # ties are not correct
+    np.testing.assert_allclose(m["rewards/weighted_accuracies"], 1 / 2)
     masked = losses.preference_metrics(pc, pr, z, z, beta=2.0, valid=jnp.array([1.0, 0.0, 0.0]))
-    np.testing.assert_allclose(masked["reward_accuracy"], 1.0)
-    np.testing.assert_allclose(masked["rewards_chosen"], -2.0)
+    np.testing.assert_allclose(masked["rewards/accuracies"], 1.0)
+    np.testing.assert_allclose(masked["rewards/chosen"], -2.0)
+
+
+def test_preference_metrics_logps_and_weights():
+    pc = jnp.array([-1.0, -2.0, -3.0, -9.0])
+    pr = jnp.array([-2.0, -1.0, -3.0, -9.0])
+    z = jnp.zeros(4)
+    valid = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last row is padding
+    m = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([1.0, 0.0, 1.0, 5.0]),
+                                  valid=valid)
+    np.testing.assert_allclose(m["logps/chosen"], -2.0)
+    np.testing.assert_allclose(m["logps/rejected"], -2.0)
+    np.testing.assert_allclose(m["weights/mean"], 2 / 3)
+    np.testing.assert_allclose(m["weights/effective"], 2**2 / (3 * 2))  # (sum w)^2 / (n sum w^2)
+    equal = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.full(4, 0.3))
+    np.testing.assert_allclose(equal["weights/effective"], 1.0, rtol=1e-6)
+    one = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.array([0, 0, 2.0, 0]))
+    np.testing.assert_allclose(one["weights/effective"], 1 / 4)
+    none = losses.preference_metrics(pc, pr, z, z, beta=2.0, weights=jnp.zeros(4))
+    assert float(none["weights/effective"]) == 0.0
 
 
 # ---------------------------------------------------------------- sequence log-probs

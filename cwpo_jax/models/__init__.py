@@ -8,12 +8,18 @@ Public entry points (see docs/models.md):
   logical_axes(model)                           -> logical axis names per nnx.Param
   generate(model, ids, mask, key=..., ...)      -> jitted KV-cache sampling
   stack_layers(model) / unstack_layers(model)   -> scan over layers (Llama family) and back
+  families                                      -> the supported families (models.spec.Family)
 """
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from flax import nnx
+from jax.typing import DTypeLike
 
 from cwpo_jax.assets import is_local_path
+from cwpo_jax.models import families
 from cwpo_jax.models.bert import BertConfig, BertModel
 from cwpo_jax.models.checkpoint_hf import load_hf_model, load_hf_reward_model, save_hf
 from cwpo_jax.models.gguf_io import load_gguf_model
@@ -49,6 +55,7 @@ __all__ = [
     "RewardModel",
     "StackedLayers",
     "apply_lora",
+    "families",
     "from_pretrained",
     "generate",
     "has_lora",
@@ -68,7 +75,7 @@ __all__ = [
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
-def resolve_path(path: str) -> str:
+def resolve_path(path: str | os.PathLike) -> str:
     """Local dir / .gguf file as is; otherwise treat `path` as a hub id and download it
     (needs network; fails with the hub's error where there is none)."""
     path = os.fspath(path)
@@ -88,7 +95,8 @@ def resolve_path(path: str) -> str:
     return local
 
 
-def from_pretrained(path, *, dtype="float32", param_dtype=None, **overrides):
+def from_pretrained(path: str | os.PathLike, *, dtype: DTypeLike = "float32",
+                    param_dtype: DTypeLike | None = None, **overrides: Any) -> nnx.Module:
     """HF directory (config.json + safetensors, sharded index included), hub id, or .gguf ->
     model. Decoders: `model(ids, mask) -> logits [B,T,V]`. `dtype` is the compute dtype,
     `param_dtype` (default: dtype) the stored one. `overrides` replace config fields."""
@@ -98,26 +106,23 @@ def from_pretrained(path, *, dtype="float32", param_dtype=None, **overrides):
     return load_hf_model(path, dtype=dtype, param_dtype=param_dtype, **overrides)
 
 
-def reward_model_from_pretrained(path, *, dtype="float32", param_dtype=None, seed: int = 0,
-                                 **overrides):
+def reward_model_from_pretrained(path: str | os.PathLike, *, dtype: DTypeLike = "float32",
+                                 param_dtype: DTypeLike | None = None, seed: int = 0,
+                                 **overrides: Any) -> RewardModel:
     """-> RewardModel, `rm(ids, mask) -> scores [B]`. Loads a one-label *ForSequenceClassification
     head when present; otherwise a fresh small head (seeded) on the pretrained backbone."""
     path = resolve_path(path)
     if path.endswith(".gguf"):
-        from flax import nnx
-
         backbone = load_gguf_model(path, dtype=dtype, param_dtype=param_dtype, **overrides)
         return RewardModel(backbone, rngs=nnx.Rngs(seed))
     return load_hf_reward_model(path, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                 **overrides)
 
 
-def save_pretrained(model, path, *, tokenizer=None) -> None:
+def save_pretrained(model: nnx.Module, path: str | os.PathLike, *, tokenizer: Any = None) -> None:
     """HF-format export (stacked layers split back and LoRA merged first, on a copy);
     `tokenizer.save_pretrained` too when given."""
     if is_stacked(model):
-        from flax import nnx
-
         model = unstack_layers(nnx.clone(model))
     if has_lora(model):
         model = merge_lora(model)

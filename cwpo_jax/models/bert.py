@@ -13,6 +13,7 @@ from flax import nnx
 
 from cwpo_jax.models import layers
 from cwpo_jax.models.base import default_mask
+from cwpo_jax.models.spec import Family
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -175,3 +176,56 @@ class BertModel(nnx.Module):
     def pooled(self, input_ids, attention_mask=None):
         mask = default_mask(input_ids, attention_mask)
         return self.pool(self(input_ids, mask), mask)
+
+
+# Our module names -> HF's (dotted segments, longest match first).
+HF_RENAMES = {
+    "word_embeddings": "embeddings.word_embeddings",
+    "position_embeddings": "embeddings.position_embeddings",
+    "token_type_embeddings": "embeddings.token_type_embeddings",
+    "embeddings_norm": "embeddings.LayerNorm",
+    "layers": "encoder.layer",
+    "attention.q_proj": "attention.self.query",
+    "attention.k_proj": "attention.self.key",
+    "attention.v_proj": "attention.self.value",
+    "attention.o_proj": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output_norm": "output.LayerNorm",
+    "output": "output.dense",
+    "pooler": "pooler.dense",
+}
+
+
+def hf_path(name: str) -> str:
+    """Our module path -> HF BertModel's."""
+    parts = name.split(".")
+    out, i = [], 0
+    while i < len(parts):  # longest-match rename of dotted segments
+        for span in (2, 1):
+            key = ".".join(parts[i:i + span])
+            if key in HF_RENAMES:
+                out.append(HF_RENAMES[key])
+                i += span
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def weight_overrides(names) -> dict:
+    """Checkpoints may be saved without the pooler; only the tensor names tell."""
+    return {"has_pooler": any(n in names for n in ("pooler.dense.weight",
+                                                   "bert.pooler.dense.weight"))}
+
+
+FAMILY = Family(
+    name="bert", config_cls=BertConfig, model_cls=BertModel, hf_classes={"bert": "Bert"},
+    hf_path=hf_path,
+    reward_head="classifier", reward_prefix="bert.", pooled_reward_head=True,
+    weight_overrides=weight_overrides,
+    tiny_config=dict(model_type="bert", architectures=["BertModel"], hidden_size=64,
+                     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+                     hidden_act="gelu"))

@@ -1,6 +1,6 @@
 """HF-format checkpoints: config.json + safetensors (single file or sharded index) <-> NNX models.
 
-Each family has a function mapping our parameter path to the HF tensor name; loading walks our
+Each family (models.families) maps our module paths to HF's; loading walks our
 parameters (so nothing is silently left at its random init), converts [out, in] HF matrices to
 our [in..., out...] kernels, and checks every shape. No torch.
 """
@@ -13,45 +13,20 @@ import math
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
 from cwpo_jax.io_utils import file_mode
-from cwpo_jax.models import layers
-from cwpo_jax.models.bert import BertConfig, BertModel
-from cwpo_jax.models.llama import LLAMA_MODEL_TYPES, LlamaConfig, LlamaForCausalLM
-from cwpo_jax.models.opt import OPTConfig, OPTForCausalLM
+from cwpo_jax.models import families, layers
 from cwpo_jax.models.reward import RewardModel
-
-# model_type -> (config class, model class)
-FAMILIES = {
-    **{mt: (LlamaConfig, LlamaForCausalLM) for mt in LLAMA_MODEL_TYPES},
-    "opt": (OPTConfig, OPTForCausalLM),
-    "bert": (BertConfig, BertModel),
-}
+from cwpo_jax.models.spec import Family
 
 _LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
-
-_BERT_RENAMES = {
-    "word_embeddings": "embeddings.word_embeddings",
-    "position_embeddings": "embeddings.position_embeddings",
-    "token_type_embeddings": "embeddings.token_type_embeddings",
-    "embeddings_norm": "embeddings.LayerNorm",
-    "layers": "encoder.layer",
-    "attention.q_proj": "attention.self.query",
-    "attention.k_proj": "attention.self.key",
-    "attention.v_proj": "attention.self.value",
-    "attention.o_proj": "attention.output.dense",
-    "attention_norm": "attention.output.LayerNorm",
-    "intermediate": "intermediate.dense",
-    "output_norm": "output.LayerNorm",
-    "output": "output.dense",
-    "pooler": "pooler.dense",
-}
-
 
 def _dotted(path) -> str:
     return ".".join(str(p) for p in path)
@@ -60,36 +35,15 @@ def _dotted(path) -> str:
 def hf_name(model_type: str, path: tuple) -> str:
     """Our parameter path (tuple) -> canonical HF tensor name for a *ForCausalLM / BertModel."""
     *mods, leaf = path
-    name = _dotted(mods)
-    if model_type in LLAMA_MODEL_TYPES:
-        full = name if name.startswith("lm_head") else "model." + name
-    elif model_type == "opt":
-        full = "model.decoder." + name.replace("self_attn.o_proj", "self_attn.out_proj")
-    elif model_type == "bert":
-        parts = name.split(".")
-        out, i = [], 0
-        while i < len(parts):  # longest-match rename of dotted segments
-            for span in (2, 1):
-                key = ".".join(parts[i:i + span])
-                if key in _BERT_RENAMES:
-                    out.append(_BERT_RENAMES[key])
-                    i += span
-                    break
-            else:
-                out.append(parts[i])
-                i += 1
-        full = ".".join(out)
-    else:
-        raise ValueError(f"unknown model_type {model_type!r}; supported: {sorted(FAMILIES)}")
-    return f"{full}.{_LEAF[leaf]}"
+    return f"{families.for_model_type(model_type).hf_path(_dotted(mods))}.{_LEAF[leaf]}"
 
 
 def hf_reward_name(model_type: str, path: tuple) -> str:
     """Names for RewardModel params, as *ForSequenceClassification checkpoints store them."""
+    family = families.for_model_type(model_type)
     if path[0] == "score":
-        return ("classifier." if model_type == "bert" else "score.") + _LEAF[path[-1]]
-    name = hf_name(model_type, path[1:])
-    return "bert." + name if model_type == "bert" else name
+        return f"{family.reward_head}.{_LEAF[path[-1]]}"
+    return family.reward_prefix + hf_name(model_type, path[1:])
 
 
 def _alternatives(name: str) -> list[str]:
@@ -248,12 +202,21 @@ def load_params(model: nnx.Module, get: Callable[[str], np.ndarray | None],
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def build_config(hf: dict, *, dtype="float32", param_dtype=None, **overrides):
-    mt = hf.get("model_type")
-    if mt not in FAMILIES:
-        raise ValueError(f"config model_type={mt!r} (architectures={hf.get('architectures')}) "
-                         f"is not supported; supported: {sorted(FAMILIES)}")
-    cfg_cls, model_cls = FAMILIES[mt]
+def family_of(hf: dict) -> Family:
+    """The family that loads HF config `hf`; ValueError naming the supported model_types."""
+    family = families.get(hf.get("model_type"))
+    if family is None:
+        raise ValueError(f"config model_type={hf.get('model_type')!r} "
+                         f"(architectures={hf.get('architectures')}) is not supported; "
+                         f"supported: {families.model_types()}")
+    return family
+
+
+def build_config(hf: dict, *, dtype: DTypeLike = "float32", param_dtype: DTypeLike | None = None,
+                 **overrides: Any) -> tuple[Any, type[nnx.Module]]:
+    """HF config dict -> (our config, model class); `overrides` replace config fields."""
+    family = family_of(hf)
+    cfg_cls, model_cls = family.config_cls, family.model_cls
     param_dtype = param_dtype or dtype
     cfg = cfg_cls.from_hf(hf, dtype=str(jnp.dtype(layers.as_dtype(dtype))),
                           param_dtype=str(jnp.dtype(layers.as_dtype(param_dtype))), **overrides)
@@ -266,14 +229,15 @@ def _store_getter(store: TensorStore):
 
 
 def _detect_overrides(hf: dict, store: TensorStore, overrides: dict) -> dict:
-    """Config facts only the weights tell: BERT saved without its pooler."""
-    if hf.get("model_type") == "bert" and "has_pooler" not in overrides:
-        overrides = {**overrides, "has_pooler": any(
-            n in store for n in ("pooler.dense.weight", "bert.pooler.dense.weight"))}
-    return overrides
+    """Config facts only the weights tell (BERT saved without its pooler); `overrides` win."""
+    family = families.get(hf.get("model_type"))
+    if family is None or family.weight_overrides is None:
+        return overrides
+    return {**family.weight_overrides(store), **overrides}
 
 
-def load_hf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
+def load_hf_model(path: str, *, dtype: DTypeLike = "float32", param_dtype: DTypeLike | None = None,
+                  **overrides: Any) -> nnx.Module:
     """HF directory -> causal LM (Llama family / OPT) or BertModel, weights loaded."""
     hf = read_config(path)
     store = TensorStore(path)
@@ -283,26 +247,28 @@ def load_hf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
     return load_params(abstract, _store_getter(store), lambda p: hf_name(cfg.model_type, p))
 
 
-def load_hf_reward_model(path: str, *, dtype="float32", param_dtype=None, seed: int = 0,
-                         **overrides):
+def load_hf_reward_model(path: str, *, dtype: DTypeLike = "float32",
+                         param_dtype: DTypeLike | None = None, seed: int = 0,
+                         **overrides: Any) -> RewardModel:
     """HF directory -> RewardModel. A *ForSequenceClassification checkpoint with one label
     loads its head; a base / causal-LM checkpoint gets a fresh small head (seeded)."""
     hf = read_config(path)
-    if hf.get("model_type") in LLAMA_MODEL_TYPES:
-        # The LM head is unused under a reward head; tying drops it (and its memory).
-        overrides.setdefault("tie_word_embeddings", True)
+    family = families.get(hf.get("model_type"))
+    if family is not None:
+        overrides = {**family.reward_overrides, **overrides}
     store = TensorStore(path)
     cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype,
                                   **_detect_overrides(hf, store, overrides))
+    family = families.for_model_type(cfg.model_type)
     get = _store_getter(store)
-    head_names = ("classifier.weight",) if cfg.model_type == "bert" else ("score.weight",)
-    has_head = any(n in store for n in head_names)
-    if has_head and get(head_names[0]).shape[0] != 1:
-        raise ValueError(f"{path}: {head_names[0]} has {get(head_names[0]).shape[0]} labels; "
+    head_name = f"{family.reward_head}.weight"
+    has_head = head_name in store
+    if has_head and get(head_name).shape[0] != 1:
+        raise ValueError(f"{path}: {head_name} has {get(head_name).shape[0]} labels; "
                          "a reward model needs exactly 1")
     # Encoders score like BertForSequenceClassification: tanh(pooler(CLS)) -> Linear with bias,
     # for loaded and fresh heads alike, so a trained annotator exports to HF exactly.
-    head_bias = cfg.model_type == "bert"
+    head_bias = family.pooled_reward_head
     if head_bias and "pooling" not in overrides:
         # A cwpo_jax export of a mean/CLS-pooled annotator records its pooling (see save_hf).
         cfg = dataclasses.replace(cfg, pooling=hf.get("cwpo_pooling", "pooler"))
@@ -367,17 +333,14 @@ def save_hf(model: nnx.Module, path: str, *, max_shard_size: int = MAX_SHARD_BYT
         backbone = model.backbone
         cfg = backbone.config
         hf = cfg.to_hf()
-        arch = {"llama": "LlamaForSequenceClassification",
-                "mistral": "MistralForSequenceClassification",
-                "qwen2": "Qwen2ForSequenceClassification",
-                "opt": "OPTForSequenceClassification",
-                "bert": "BertForSequenceClassification"}[cfg.model_type]
+        family = families.for_model_type(cfg.model_type)
+        arch = family.hf_classes[cfg.model_type] + "ForSequenceClassification"
         hf.update(architectures=[arch], num_labels=1, id2label={"0": "LABEL_0"},
                   label2id={"LABEL_0": 0})
-        if cfg.model_type == "bert" and model.score.bias is None:
-            raise ValueError("BertForSequenceClassification needs a head bias; build the "
+        if family.pooled_reward_head and model.score.bias is None:
+            raise ValueError(f"{arch} needs a head bias; build the "
                              "RewardModel with head_bias=True to export it")
-        if cfg.model_type == "bert" and cfg.pooling != "pooler":
+        if family.pooled_reward_head and cfg.pooling != "pooler":
             # transformers' classifier always reads tanh(pooler(CLS)); cwpo_jax reloads this
             # pooling exactly, other tools see the weights but not the pooling.
             hf["cwpo_pooling"] = cfg.pooling

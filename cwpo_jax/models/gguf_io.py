@@ -5,44 +5,17 @@ so the weights match HF's rotate-half layout (and our `apply_rope`).
 """
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
+from cwpo_jax.models import families
 from cwpo_jax.models.checkpoint_hf import build_config, hf_name, load_params
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
-
-# HF parameter name (after "model.") -> GGUF tensor name, per layer where "{i}" appears.
-_LAYER_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-_GLOBAL_MAP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-
-
-def gguf_tensor_name(hf: str) -> str | None:
-    if hf in _GLOBAL_MAP:
-        return _GLOBAL_MAP[hf]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf)
-    if m and m.group(2) in _LAYER_MAP:
-        return f"blk.{m.group(1)}.{_LAYER_MAP[m.group(2)]}"
-    return None
+# general.architecture values we read (each family declares its own GGUFLayout).
+SUPPORTED_ARCHS = tuple(families.gguf_layouts())
 
 
 def undo_rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -130,15 +103,17 @@ def hf_config_from_gguf(g: GGUFFile) -> dict:
     }
 
 
-def load_gguf_model(path: str, *, dtype="float32", param_dtype=None, **overrides):
+def load_gguf_model(path: str, *, dtype: DTypeLike = "float32",
+                    param_dtype: DTypeLike | None = None, **overrides: Any) -> nnx.Module:
     """A .gguf file -> LlamaForCausalLM with dequantised (fp32, then cast) weights."""
     g = GGUFFile(path)
     hf = hf_config_from_gguf(g)
     cfg, model_cls = build_config(hf, dtype=dtype, param_dtype=param_dtype, **overrides)
-    permute = hf["model_type"] == "llama"
+    layout = families.gguf_layouts()[hf["model_type"]]
+    permute = hf["model_type"] in layout.rope_permuted
 
     def get(name: str):
-        gname = gguf_tensor_name(name)
+        gname = layout.tensor_name(name)
         if gname is None:
             return None
         w = g.tensor(gname)

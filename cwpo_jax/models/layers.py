@@ -247,9 +247,8 @@ def attend(q, k, v, *, kv_valid, q_slots, causal: bool, scale: float, sliding_wi
     kvh = k.shape[2]
     g = h // kvh
     # Heads-major 4-D operands ([B,KV,G*T,hd] against [B,KV,S,hd]) so both products are plain
-    # batched matmuls: on XLA:CPU the head-minor einsum ran ~20% slower and a 5-D [B,KV,G,T,S]
-    # layout ~5% slower per MiniLM 32 x 128 forward. The scale is folded into q (T x hd
-    # multiplies instead of T x S).
+    # batched matmuls, the layout XLA:CPU runs fastest (BENCHMARKS.md, "Optimisations:
+    # prediction and outcome"). The scale is folded into q (T x hd multiplies instead of T x S).
     qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     logits = jnp.einsum("bktd,bksd->bkts", qg.reshape(b, kvh, g * t, hd), kt,

@@ -11,10 +11,13 @@ from typing import Any
 from flax import nnx
 
 from cwpo_jax.models import layers
-from cwpo_jax.models.stacking import StackedLayers
 from cwpo_jax.models.base import CausalLM, default_mask
+from cwpo_jax.models.scan import StackedLayers
+from cwpo_jax.models.spec import Family, GGUFLayout
 
-LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# HF model_type -> transformers class stem (LlamaForCausalLM, ...).
+HF_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+LLAMA_MODEL_TYPES = tuple(HF_CLASSES)
 
 
 def read_rope(hf: dict) -> tuple[float, dict | None]:
@@ -123,8 +126,7 @@ class LlamaConfig:
 
     def to_hf(self) -> dict:
         """transformers 5.x-style config dict (also carries 4.x keys so either version reads it)."""
-        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM"}[self.model_type]
+        arch = HF_CLASSES[self.model_type] + "ForCausalLM"
         scaling = self.rope_scaling_dict
         if scaling and scaling.get("rope_type") == "freq_factors":
             raise ValueError("rope_scaling freq_factors (from a GGUF rope_freqs tensor) has no "
@@ -258,3 +260,44 @@ class LlamaForCausalLM(CausalLM):
                          cache=cache[i], cache_index=cache_index)
             new_cache.append(c)
         return self.norm(x), new_cache
+
+
+def hf_path(name: str) -> str:
+    """Our module path -> HF's: parameter paths already mirror HF names under "model."."""
+    return name if name.startswith("lm_head") else "model." + name
+
+
+GGUF = GGUFLayout(
+    architectures=("llama", "qwen2"),
+    global_tensors={
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    },
+    layer_tensors={
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "self_attn.q_proj.bias": "attn_q.bias",
+        "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.bias": "attn_v.bias",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    },
+    rope_permuted=("llama",),
+)
+
+FAMILY = Family(
+    name="llama", config_cls=LlamaConfig, model_cls=LlamaForCausalLM, hf_classes=HF_CLASSES,
+    hf_path=hf_path,
+    # The LM head is unused under a reward head; tying drops it (and its memory).
+    reward_overrides={"tie_word_embeddings": True},
+    tiny_config=dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64,
+                     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
+                     rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu"),
+    gguf=GGUF, stackable=True)

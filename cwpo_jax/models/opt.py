@@ -13,6 +13,7 @@ from flax import nnx
 
 from cwpo_jax.models import layers
 from cwpo_jax.models.base import CausalLM, default_mask
+from cwpo_jax.models.spec import Family
 
 POSITION_OFFSET = 2  # HF OPTLearnedPositionalEmbedding reserves the first two rows
 
@@ -190,3 +191,12 @@ class OPTForCausalLM(CausalLM):
         if self.project_out is not None:
             x = self.project_out(x)
         return x, new_cache
+
+
+def hf_path(name: str) -> str:
+    """Our module path -> HF's: under "model.decoder.", and o_proj is OPT's out_proj."""
+    return "model.decoder." + name.replace("self_attn.o_proj", "self_attn.out_proj")
+
+
+FAMILY = Family(name="opt", config_cls=OPTConfig, model_cls=OPTForCausalLM,
+                hf_classes={"opt": "OPT"}, hf_path=hf_path)

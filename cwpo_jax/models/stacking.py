@@ -1,92 +1,24 @@
-"""Scan over layers: a decoder's identical layers held as one layer with stacked Variables.
+"""Scan over layers: convert a model's decoders to and from `StackedLayers` (models.scan).
 
-`stack_layers(model)` replaces `model.layers` (an `nnx.List` of layers with one structure) by a
-`StackedLayers` whose Variables carry a leading layer axis; the forward pass then runs the layer
-body once under `jax.lax.scan`, so XLA compiles one layer instead of L unrolled copies (compile
-time and program size stop growing with depth). `unstack_layers` restores the per-layer list,
-so HF export, LoRA merging and checkpoints in HF layout see the usual paths. Stacked Variables
-get the logical axis "layers" in front of their own: never sharded (sharding.RULES), and not
-counted as a matrix dimension by the optimizer's weight-decay mask (train.optim.decay_mask).
+`stack_layers(model)` replaces each stackable decoder's `layers` (an `nnx.List` of layers with
+one structure) by a `StackedLayers`, whose forward pass runs the layer body once under
+`jax.lax.scan`. `unstack_layers` restores the per-layer list, so HF export, LoRA merging and
+checkpoints in HF layout see the usual paths. Which families are stackable: models.families.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from cwpo_jax.sharding import AXES_KEY, LAYER_AXIS, variable_axes
+from cwpo_jax.models import families
+from cwpo_jax.models.scan import StackedLayers
 
-
-class StackedLayers(nnx.Module):
-    """L layers of one structure as a single template layer whose Variables are [L, ...]."""
-
-    def __init__(self, layers):
-        layers = list(layers)
-        if not layers:
-            raise ValueError("stack_layers: the model has no layers to stack")
-        graphdef, first = nnx.split(layers[0])
-        states = [first]
-        for i, layer in enumerate(layers[1:], start=1):
-            g, s = nnx.split(layer)
-            if g != graphdef:
-                raise ValueError(
-                    f"stack_layers: layer {i} differs in structure from layer 0 (e.g. a "
-                    "per-layer sliding window or adapter); only identical layers can be scanned")
-            states.append(s)
-        self.num_layers = len(layers)
-        stacked = jax.tree.map(_stack_variable, *states,
-                               is_leaf=lambda x: isinstance(x, nnx.Variable))
-        self.layer = nnx.merge(graphdef, stacked)
-
-    def __call__(self, x, *, remat: bool = False, **kwargs):
-        """x -> x after every layer in order; `kwargs` go to each layer's call (no cache)."""
-        graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
-
-        def body(x, layer_state):
-            layer = nnx.merge(graphdef, *layer_state)
-            y = layer(x, cache=None, cache_index=None, **kwargs)[0]
-            # Only non-parameter state (dropout RNG counters) can change; carry it out.
-            return y, nnx.state(layer, nnx.Not(nnx.Param))
-
-        # Saving every residual of the body, XLA copied each stacked residual after the forward
-        # loop (SmolLM2: +467 MiB of temporaries against unrolled layers). Saving only the
-        # matmul outputs and recomputing the elementwise ops in the backward pass avoids that
-        # (BENCHMARKS.md, scan over layers). remat=True saves nothing: the whole body reruns.
-        policy = None if remat else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        body = jax.checkpoint(body, prevent_cse=False, policy=policy)
-        x, new_rest = jax.lax.scan(body, x, (params, rest))
-        nnx.update(self.layer, new_rest)
-        return x
-
-    def unstacked(self) -> list:
-        """The L layers as their own modules (slices of the stacked Variables)."""
-        graphdef, state = nnx.split(self.layer)
-        return [nnx.merge(graphdef, _map_variables(state, lambda a: a[i], lambda ax: ax[1:]))
-                for i in range(self.num_layers)]
-
-
-def _stack_variable(*variables):
-    value = jnp.stack([v.get_value() for v in variables])
-    return _rewrap(variables[0], value, lambda axes: (LAYER_AXIS, *axes))
-
-
-def _map_variables(state, value_fn, axes_fn):
-    return jax.tree.map(lambda v: _rewrap(v, value_fn(v.get_value()), axes_fn), state,
-                        is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def _rewrap(variable, value, axes_fn):
-    """`variable` holding `value`, its logical axes (when it has any) passed through axes_fn."""
-    if variable.has_metadata(AXES_KEY):
-        return variable.replace(value, **{AXES_KEY: axes_fn(variable_axes(variable))})
-    return variable.replace(value)
+__all__ = ["StackedLayers", "is_stacked", "stack_layers", "unstack_layers"]
 
 
 def _decoders(model: nnx.Module):
     """Every module in `model` (itself included) that can run its layers stacked."""
-    from cwpo_jax.models.llama import LlamaForCausalLM
-
-    return [node for _, node in nnx.iter_graph(model) if isinstance(node, LlamaForCausalLM)]
+    stackable = families.stackable_models()
+    return [node for _, node in nnx.iter_graph(model) if isinstance(node, stackable)]
 
 
 def is_stacked(model: nnx.Module) -> bool:
@@ -94,7 +26,8 @@ def is_stacked(model: nnx.Module) -> bool:
 
 
 def stack_layers(model: nnx.Module) -> nnx.Module:
-    """In place: every Llama-family decoder in `model` runs its layers under one scan."""
+    """In place: every stackable (Llama-family) decoder in `model` runs its layers under one
+    scan."""
     decoders = _decoders(model)
     if not decoders:
         raise ValueError(f"stack_layers: {type(model).__name__} has no Llama-family decoder; "

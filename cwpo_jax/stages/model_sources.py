@@ -13,16 +13,7 @@ from cwpo_jax import assets, models
 from cwpo_jax.stages.run_folder import path
 from cwpo_jax.train.hosts import log, sync
 
-TINY_CONFIGS = {
-    "llama": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64,
-                  intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
-                  rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu"),
-    "bert": dict(model_type="bert", architectures=["BertModel"], hidden_size=64,
-                 intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
-                 hidden_act="gelu"),
-}
+TINY_CONFIGS = models.families.tiny_configs()  # {family: small HF config, no vocab_size}
 
 
 def create_tiny_model(family: str, directory: str, tokenizer, seed: int) -> None:

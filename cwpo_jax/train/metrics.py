@@ -79,7 +79,7 @@ class MetricsLogger:
         done = step - self.start_step
         eta = elapsed / max(done, 1) * (self.total_steps - step)
         shown = []
-        for key in ("loss", "reward_accuracy", "accuracy", "grad_norm", "tokens_per_s", "mfu"):
+        for key in ("loss", "rewards/accuracies", "grad_norm", "tokens_per_s", "mfu"):
             if key in record:
                 value = record[key]
                 shown.append(f"{key} {value:.1%}" if key == "mfu" else f"{key} {value:.4g}")

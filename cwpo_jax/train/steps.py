@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from cwpo_jax import sharding
 from cwpo_jax.train.state import TrainState, merge_model
@@ -86,17 +86,10 @@ def make_train_step(graphdef, task: Callable, optimizer: optax.GradientTransform
     return step
 
 
-def batch_spec(leading: int) -> P:
-    """Shard dimension `leading` of every batch leaf over (data, fsdp); earlier dims replicated."""
-    return P(*([None] * leading), sharding.BATCH_AXES)
-
-
-# XLA:CPU's default scheduler orders for concurrency (breadth first): in the update it computes
-# the clipped gradient of every leaf before the first AdamW update, a second gradient-sized tree
-# next to the gradients. The memory-optimised one goes leaf by leaf. With the multiply in
-# `update`, SmolLM2 full fine-tuning (benchmarks/dpo_step.py): XLA temp 1128 -> 976 MiB, the
-# peak moving to the start of the backward pass; step time the same within noise. (Either
-# change alone: 1128 MiB.)
+# XLA:CPU's default scheduler is breadth first: in the update it would compute every leaf's
+# clipped gradient before the first AdamW update, a second gradient-sized tree next to the
+# gradients. The memory-optimised one goes leaf by leaf, at the same step time (BENCHMARKS.md,
+# "Optimisations: prediction and outcome").
 CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
@@ -106,7 +99,8 @@ def jit_train_step(step, mesh: Mesh, state_shardings, frozen_shardings):
     cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     return jax.jit(
         step,
-        in_shardings=(state_shardings, frozen_shardings, NamedSharding(mesh, batch_spec(1))),
+        # [A, B] spec: a batch leaf's dims after B (any number) are unsharded too.
+        in_shardings=(state_shardings, frozen_shardings, sharding.batch_sharding(mesh, 2, 1)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
         compiler_options=dict(CPU_COMPILER_OPTIONS) if cpu else None,

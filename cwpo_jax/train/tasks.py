@@ -102,9 +102,9 @@ def reward_task(model, batch, *, margin: float = 0.0):
     numerator, denominator = losses.weighted_sum_and_count(per_pair, jnp.ones_like(valid),
                                                            valid=valid)
     correct = (chosen > rejected).astype(jnp.float32)
-    metrics = {
-        "accuracy": losses.weighted_mean(correct, valid, normalize=True),
-        "reward_margin": losses.weighted_mean(chosen - rejected, valid, normalize=True),
+    metrics = {  # the names preference_task logs, here for the model's own scores
+        "rewards/accuracies": losses.weighted_mean(correct, valid, normalize=True),
+        "rewards/margins": losses.weighted_mean(chosen - rejected, valid, normalize=True),
     }
     return numerator, denominator, metrics
 

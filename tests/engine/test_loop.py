@@ -145,7 +145,7 @@ def test_metrics_have_throughput_and_lr(uninterrupted):
     with open(os.path.join(full_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 8
-    for key in ("loss", "grad_norm", "learning_rate", "tokens_per_s", "reward_accuracy"):
+    for key in ("loss", "grad_norm", "learning_rate", "tokens_per_s", "rewards/accuracies"):
         assert key in records[0]
     assert 0.0 < records[0]["padding_share"] < 1.0  # length buckets leave some padding
     assert records[0]["learning_rate"] == 0.0 and records[1]["learning_rate"] > 0

@@ -55,7 +55,7 @@ def test_sharded_llama_step_equals_single_device(tiny_llama_dir, shape):
                                                                  devices=jax.devices()[:1]),
                               optimizer=sgd)
     state, got = one_step(tiny_llama_dir, sharding.make_mesh(*shape), optimizer=sgd)
-    for key in ("loss", "grad_norm", "reward_margin"):
+    for key in ("loss", "grad_norm", "rewards/margins"):
         np.testing.assert_allclose(got[key], ref[key], rtol=5e-5, atol=1e-6, err_msg=key)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -70,7 +70,7 @@ def test_sharded_scanned_layers_equal_unrolled_single_device(tiny_llama_dir):
                               optimizer=sgd)
     state, got = one_step(tiny_llama_dir, sharding.make_mesh(2, 2, 2), optimizer=sgd,
                           scan_layers=True)
-    for key in ("loss", "grad_norm", "reward_margin"):
+    for key in ("loss", "grad_norm", "rewards/margins"):
         np.testing.assert_allclose(got[key], ref[key], rtol=5e-5, atol=1e-6, err_msg=key)
     ref_params, params = nnx.to_pure_dict(ref_state.params), nnx.to_pure_dict(state.params)
     for i, layer in ref_params["layers"].items():

@@ -42,7 +42,7 @@ def test_sharded_equals_unsharded(reference, shape):
     state, history = run_steps(mesh)
     ref_state, ref_history = reference
     for got, want in zip(history, ref_history):
-        for key in ("loss", "grad_norm", "reward_accuracy", "rewards_chosen"):
+        for key in ("loss", "grad_norm", "rewards/accuracies", "rewards/chosen"):
             np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-6, err_msg=key)
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6)
