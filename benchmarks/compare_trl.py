@@ -79,7 +79,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from process_memory import StepWindow
+from process_memory import StepWindow  # noqa: E402  (after the sys.path entry above)
 
 
 def parse_args(argv=None):

@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import numpy as np
-from compare_trl import pin_threads
+import numpy as np  # noqa: E402  (after the sys.path entry above)
+from compare_trl import pin_threads  # noqa: E402  (after the sys.path entry above)
 
 
 def measure(model, batch: int, prompt_len: int, new_tokens: int, repeats: int, *,

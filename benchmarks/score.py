@@ -50,8 +50,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import numpy as np
-from compare_trl import pin_threads
+import numpy as np  # noqa: E402  (after the sys.path entry above)
+from compare_trl import pin_threads  # noqa: E402  (after the sys.path entry above)
 
 PROMPT_MEDIAN, RESPONSE_MEDIAN, SIGMA = 24, 48, 0.7
 

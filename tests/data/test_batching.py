@@ -142,9 +142,9 @@ def test_plan_epochs_differ_and_grouping_cuts_padding():
     lengths = rng.integers(5, 500, 512)
     items = [
         TokenizedPair(
-            np.ones(l // 2, np.int32), np.ones(l - l // 2, np.int32), np.ones(1, np.int32)
+            np.ones(n // 2, np.int32), np.ones(n - n // 2, np.int32), np.ones(1, np.int32)
         )
-        for l in lengths
+        for n in lengths
     ]
     e0 = plan_batches(lengths, 16, seed=1, epoch=0)
     e1 = plan_batches(lengths, 16, seed=1, epoch=1)

@@ -133,7 +133,7 @@ def test_host_shards_assemble_the_global_batch(kind):
         for key, arr in g.items():
             if kind == "pairs" and arr.shape[0] == 16:  # [2B, T]: chosen halves, then rejected
                 local = [np.split(p[key], 2) for p in parts]
-                got = np.concatenate([l[0] for l in local] + [l[1] for l in local])
+                got = np.concatenate([rows[0] for rows in local] + [rows[1] for rows in local])
             else:
                 got = np.concatenate([p[key] for p in parts])
             np.testing.assert_array_equal(got, arr, err_msg=f"batch {k} key {key}")

@@ -450,7 +450,7 @@ def test_every_row_is_kept_or_counted(tmp_path_factory, lines):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     rep = ReadReport()
     pairs = list(read_preferences(str(path), format="hh_rlhf", report=rep))
-    nonblank = sum(1 for l in lines if l.encode("utf-8").strip())  # ASCII whitespace, as read
+    nonblank = sum(1 for line in lines if line.encode("utf-8").strip())  # ASCII whitespace, as read
     if "\n".join(lines).encode("utf-8").lstrip().startswith(b"["):
         return  # read as one JSON array; counted as a single malformed row or its items
     assert rep.rows == nonblank and rep.kept == len(pairs) and rep.kept + rep.n_skipped == nonblank
