@@ -94,7 +94,7 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
     swap = np.zeros(n, bool)
     weight = np.ones(n, np.float32)
     keep = np.zeros(n, bool)
-    inputs = {}
+    inputs, tau = {}, 1.0  # tau only scales C3, which needs the scores below
     if m.needs_gold:
         gold = run_folder.load_gold(cfg)
         if gold is None:
@@ -105,8 +105,9 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
         s = scores.read_scores(scores_path(cfg), expected_ids=ids,
                                expected_annotator=annotator_identity(cfg))
         inputs.update(score_a=s["score_a"], score_b=s["score_b"])
+        tau = s["header"]["tau"]  # the temperature the score stage wrote its confidences with
     swap[first:], weight[first:], keep[first:] = targets(
-        m, len(ids), kind=cfg.align.confidence, tau=cfg.score.tau,
+        m, len(ids), kind=cfg.align.confidence, tau=tau,
         fraction=cfg.align.top_fraction, **inputs)
     return swap, weight, keep
 
