@@ -221,3 +221,12 @@ def test_rater_temperature_reaches_the_asked_agreement():
     assert np.mean(picks[50:] == (ga > gb)[50:]) == pytest.approx(0.7, abs=0.06)
     with pytest.raises(ValueError, match="agreement"):
         gold.rater_temperature(ga, gb, 0.4)
+
+
+def test_heldout_pairs_are_spread_over_prompts():
+    from cwpo_jax.stages.movement import spread_over_prompts
+    keys = ["a", "a", "a", "b", "c", "c"]
+    assert spread_over_prompts(keys, 0) == list(range(6))
+    assert spread_over_prompts(keys, 6) == list(range(6))
+    assert spread_over_prompts(keys, 3) == [0, 3, 4]  # each prompt's first pair
+    assert spread_over_prompts(keys, 5) == [0, 1, 3, 4, 5]  # then the second ones, in order

@@ -26,11 +26,16 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # Decoder layers that get adapters (PEFT's layers_to_transform); negative indices count from
+    # the top, () = every layer. Adapters only in the top k layers also stop the backward pass
+    # there: the frozen layers below run forward only.
+    layers: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {self.rank}")
         object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
     @property
     def scaling(self) -> float:
@@ -90,13 +95,33 @@ def _set(model, path, value):
     setattr(parent, path[-1], value)
 
 
+def _layer_index(path) -> int | None:
+    """The layer number in a module path (the first integer: layers.<i>.self_attn.q_proj)."""
+    return next((p for p in path if isinstance(p, int)), None)
+
+
+def _selected_layers(model: nnx.Module, wanted: tuple[int, ...]) -> set[int] | None:
+    """cfg.layers resolved against the model's layer count (None = every layer)."""
+    if not wanted:
+        return None
+    n = model.config.num_hidden_layers
+    bad = [i for i in wanted if not -n <= i < n]
+    if bad:
+        raise ValueError(f"LoRA layers {bad} out of range for a model with {n} layers "
+                         f"(use 0..{n - 1} or -{n}..-1)")
+    return {i % n for i in wanted}
+
+
 def apply_lora(model: nnx.Module, cfg: LoRAConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    """Add adapters in place to every Linear whose attribute name is in cfg.targets."""
+    """Add adapters in place to every Linear whose attribute name is in cfg.targets (in the
+    layers cfg.layers names, when given)."""
     if is_stacked(model):
         raise ValueError("apply_lora: the model's layers are stacked; add adapters before "
                          "stack_layers (or after unstack_layers)")
+    chosen = _selected_layers(model, cfg.layers)
     found = [(p, m) for p, m in _targets(model, layers.Linear, set(cfg.targets))
-             if not isinstance(m, LoRALinear)]
+             if not isinstance(m, LoRALinear)
+             and (chosen is None or _layer_index(p) in chosen)]
     if not found:
         names = sorted({str(p[-1]) for p, _ in _targets(model, layers.Linear)})
         raise ValueError(f"LoRA targets {cfg.targets} match no Linear; available: {names}")

@@ -146,7 +146,8 @@ def _train(cfg, method: str, stage: str) -> dict:
     if cfg.align.lora_rank > 0:
         lora = models.LoRAConfig(rank=cfg.align.lora_rank, alpha=cfg.align.lora_alpha,
                                  dropout=cfg.align.lora_dropout,
-                                 targets=tuple(cfg.align.lora_targets))
+                                 targets=tuple(cfg.align.lora_targets),
+                                 layers=tuple(cfg.align.lora_layers))
         model = models.apply_lora(model, lora, rngs=nnx.Rngs(cfg.seed))
         model.train()
         trainable = models.trainable_filter(model)

@@ -154,6 +154,8 @@ def _check_align(a, d, check) -> None:
           f"must be > 0, got {a.logprob_batch_size}")
     check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
+    check(all(isinstance(i, int) for i in a.lora_layers), "align.lora_layers",
+          f"must be layer indices (ints), got {a.lora_layers!r}")
 
 
 def _check_score(s, check) -> None:
@@ -201,6 +203,7 @@ def _check_evaluate(e, check) -> None:
     check(e.batch_size > 0, "evaluate.batch_size", f"must be > 0, got {e.batch_size}")
     check(e.samples_per_prompt > 0, "evaluate.samples_per_prompt",
           f"must be > 0, got {e.samples_per_prompt}")
+    check(e.heldout_pairs >= 0, "evaluate.heldout_pairs", f"must be >= 0, got {e.heldout_pairs}")
 
 
 def _check_mesh(cfg, num_devices, check, errors) -> None:

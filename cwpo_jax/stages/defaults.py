@@ -98,6 +98,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.align.lora_alpha = 16.0
     c.align.lora_dropout = 0.05
     c.align.lora_targets = ("q_proj", "v_proj")
+    # Layers with adapters (negative = from the top, () = all). Adapters in the top k layers
+    # only also end the backward pass there (the frozen layers below run forward only).
+    c.align.lora_layers = ()
     # name -> label source; "human_all" trains on human labels of labelled + unlabelled pairs
     c.align.methods = ("human", "weak", "weak_confidence")
     c.align.train = train_section(learning_rate=5e-6, batch_size=32, epochs=4.0)
@@ -112,6 +115,9 @@ def defaults() -> ml_collections.ConfigDict:
     # k responses per prompt from each policy and from the reference; GRA per prompt is the
     # share of the k x k comparisons won, so k > 1 tightens the interval at equal prompts.
     c.evaluate.samples_per_prompt = 1
+    # Gold-ordered eval pairs for the held-out implicit-reward accuracy (one log-prob pass per
+    # policy over them): at most this many, spread over the prompts; 0 = all.
+    c.evaluate.heldout_pairs = 0
 
     # Several runs of the whole pipeline, one (labelled_fraction, seed) per entry, each in
     # output_dir/frac<fraction>_seed<seed>/, aggregated into output_dir/results.*;

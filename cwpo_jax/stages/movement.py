@@ -1,12 +1,18 @@
 """How far each aligned policy moved from its reference, measured apart from GRA.
 
-heldout_gold_accuracy: on the eval split's gold-decided pairs, the share where the policy's
-  implicit reward (log pi - log pi_ref) ranks the gold-better response higher (ties half).
+heldout_gold_accuracy: on the eval split's gold-decided pairs (at most evaluate.heldout_pairs,
+  spread over the prompts: every prompt's first pair before any prompt's second), the share
+  where the policy's implicit reward (log pi - log pi_ref) ranks the gold-better response
+  higher (ties half).
 kl_estimate: mean of log pi(y) - log pi_ref(y) over the policy's own first evaluation sample of
   every prompt (summed over response tokens, the decoded text re-tokenised). Sampled at
   evaluate.temperature, so it estimates KL(pi || pi_ref) up to that temperature.
 """
 from __future__ import annotations
+
+import json
+
+import numpy as np
 
 from cwpo_jax import models
 from cwpo_jax.data import PreferencePair, content_id
@@ -15,8 +21,21 @@ from cwpo_jax.stages import common, run_folder
 from cwpo_jax.stages.pair_passes import pair_logprobs_pass
 
 
+def spread_over_prompts(prompt_keys: list[str], limit: int) -> list[int]:
+    """Indices of at most `limit` items (0 = all), every prompt's first item before any
+    prompt's second, returned in their original order."""
+    if not limit or len(prompt_keys) <= limit:
+        return list(range(len(prompt_keys)))
+    rank, seen = [], {}
+    for key in prompt_keys:
+        rank.append(seen.get(key, 0))
+        seen[key] = rank[-1] + 1
+    return sorted(int(i) for i in np.argsort(rank, kind="stable")[:limit])
+
+
 def _gold_ordered_eval_pairs(cfg) -> list[PreferencePair]:
-    """Eval pairs in the gold order (gold-better as chosen), gold ties left out; [] without gold."""
+    """Eval pairs in the gold order (gold-better as chosen), gold ties left out, at most
+    evaluate.heldout_pairs of them spread over the prompts; [] without gold."""
     gold = run_folder.load_gold(cfg)
     if gold is None:
         return []
@@ -27,7 +46,8 @@ def _gold_ordered_eval_pairs(cfg) -> list[PreferencePair]:
             ordered.append(p if g_chosen > g_rejected else
                            PreferencePair(id=p.id, prompt=p.prompt, chosen=p.rejected,
                                           rejected=p.chosen, source=p.source))
-    return ordered
+    keys = [json.dumps(p.prompt, sort_keys=True) for p in ordered]
+    return [ordered[i] for i in spread_over_prompts(keys, cfg.evaluate.heldout_pairs)]
 
 
 def _sample_pairs(prompts, policy_texts, ref_texts, k: int) -> list[PreferencePair]:

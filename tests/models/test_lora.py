@@ -105,3 +105,17 @@ def test_lora_params_have_logical_axes():
     assert q["kernel"] == ("embed", "q_heads", "head_dim")
     assert q["lora_a"] == ("embed", None)
     assert q["lora_b"] == (None, "q_heads", "head_dim")
+
+
+def test_lora_layers_selects_layers_from_either_end():
+    model = _lora_model(layers=(-1,))  # the fixture has two layers: -1 is layer 1
+    assert not isinstance(model.layers[0].self_attn.q_proj, LoRALinear)
+    assert isinstance(model.layers[1].self_attn.q_proj, LoRALinear)
+    assert isinstance(model.layers[1].self_attn.v_proj, LoRALinear)
+    assert isinstance(_lora_model(layers=(0,)).layers[0].self_attn.q_proj, LoRALinear)
+    assert not isinstance(_lora_model(layers=(0,)).layers[1].self_attn.q_proj, LoRALinear)
+
+
+def test_lora_layers_out_of_range_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"LoRA layers \[2\] out of range for a model with 2"):
+        _lora_model(layers=(2,))
