@@ -26,12 +26,20 @@ def count_params(tree) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
 
 
-def matmul_params(model, *, lm_head: bool) -> int:
+def _layer_index(path) -> int | None:
+    return next((p for p in path if isinstance(p, int)), None)
+
+
+def matmul_params(model, *, lm_head: bool, from_layer: int = 0) -> int:
     """Parameters that cost 2 FLOPs per token in a forward pass: all but lookup tables
     (token, position and type embeddings), plus the LM head's D x V when logits are computed
-    (a tied head reuses the embedding table as a matmul)."""
+    (a tied head reuses the embedding table as a matmul). from_layer > 0 leaves out the
+    layers below it."""
     total = 0
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        layer = _layer_index(path)
+        if layer is not None and layer < from_layer:
+            continue
         if path[-1] != "embedding":  # the table of an Embed module: a lookup, no FLOPs
             total += int(np.prod(np.shape(var.get_value())))
     if lm_head:
@@ -44,5 +52,12 @@ def matmul_params(model, *, lm_head: bool) -> int:
 
 def train_flops_per_token(model, *, lm_head: bool, frozen_weights: bool) -> float:
     """Forward + backward FLOPs per token: 6 N (2 forward, 2 activation grads, 2 weight grads);
-    4 N when the weights are frozen (LoRA: adapter FLOPs are negligible)."""
-    return (4.0 if frozen_weights else 6.0) * matmul_params(model, lm_head=lm_head)
+    with frozen weights (LoRA: adapter FLOPs are negligible) 2 N forward + 2 N' activation
+    grads, N' the parameters from the lowest layer with adapters up (below it the backward
+    pass has nothing to reach)."""
+    n = matmul_params(model, lm_head=lm_head)
+    if not frozen_weights:
+        return 6.0 * n
+    adapted = [_layer_index(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))]
+    lowest = min((i for i in adapted if i is not None), default=0)
+    return 2.0 * n + 2.0 * matmul_params(model, lm_head=lm_head, from_layer=lowest)
