@@ -221,12 +221,17 @@ class LlamaForCausalLM(CausalLM):
         return self.lm_head.kernel[...]
 
     def forward(self, input_ids, attention_mask=None, *, positions=None, cache=None,
-                cache_index=None, kv_valid=None):
+                cache_index=None, kv_valid=None, start_layer: int = 0,
+                stop_layer: int | None = None, residual=None):
         """-> (final normed hidden [B,T,D], new cache or None).
 
         Without a cache: kv_valid = attention_mask and positions from the mask.
         With a cache (sampling): the caller passes positions [B,T], kv_valid [B,S] and the slot
         `cache_index` where these T tokens are written.
+        Part of the stack (no cache, layers not stacked): `residual` [B,T,D] is the residual
+        stream entering layer `start_layer` (in place of the embeddings); with `stop_layer`
+        the stream leaving layer stop_layer - 1 is returned, un-normed. Frozen bottom layers
+        then run once (align.cache_frozen_layers) instead of at every training step.
         """
         mask = default_mask(input_ids, attention_mask)
         if positions is None:
@@ -236,8 +241,15 @@ class LlamaForCausalLM(CausalLM):
         # A trace-time constant, not a Variable: it is derived from the config, never trained.
         inv_freq = layers.rope_inv_freq(self.config.head_dim, self.config.rope_theta,
                                         self.config.rope_scaling_dict)
-        x = self.embed_tokens(input_ids)
         stacked = isinstance(self.layers, StackedLayers)
+        partial = start_layer or stop_layer is not None or residual is not None
+        if partial:
+            if cache is not None or stacked:
+                raise ValueError("start_layer / stop_layer / residual need unstacked layers "
+                                 "and no KV cache")
+            if (residual is None) != (start_layer == 0):
+                raise ValueError("pass `residual` exactly when start_layer > 0")
+        x = self.embed_tokens(input_ids) if residual is None else residual
         if cache is None and stacked:
             x = self.layers(x, remat=self.config.remat, positions=positions, kv_valid=kv_valid,
                             inv_freq=inv_freq)
@@ -248,9 +260,9 @@ class LlamaForCausalLM(CausalLM):
                              cache=None, cache_index=None)[0]
 
             run = layers.maybe_remat(run, self.config.remat)
-            for layer in self.layers:
+            for layer in list(self.layers)[start_layer:stop_layer]:
                 x = run(layer, x, positions, kv_valid)
-            return self.norm(x), None
+            return (self.norm(x) if stop_layer is None else x), None
         new_cache = []
         # Sampling with stacked layers slices each layer out: decode steps are short and the
         # cache stays a per-layer list either way.

@@ -100,8 +100,8 @@ def _layer_index(path) -> int | None:
     return next((p for p in path if isinstance(p, int)), None)
 
 
-def _selected_layers(model: nnx.Module, wanted: tuple[int, ...]) -> set[int] | None:
-    """cfg.layers resolved against the model's layer count (None = every layer)."""
+def adapted_layers(model: nnx.Module, wanted: tuple[int, ...]) -> set[int] | None:
+    """LoRAConfig.layers resolved against the model's layer count (None = every layer)."""
     if not wanted:
         return None
     n = model.config.num_hidden_layers
@@ -118,7 +118,7 @@ def apply_lora(model: nnx.Module, cfg: LoRAConfig, *, rngs: nnx.Rngs) -> nnx.Mod
     if is_stacked(model):
         raise ValueError("apply_lora: the model's layers are stacked; add adapters before "
                          "stack_layers (or after unstack_layers)")
-    chosen = _selected_layers(model, cfg.layers)
+    chosen = adapted_layers(model, cfg.layers)
     found = [(p, m) for p, m in _targets(model, layers.Linear, set(cfg.targets))
              if not isinstance(m, LoRALinear)
              and (chosen is None or _layer_index(p) in chosen)]

@@ -23,7 +23,7 @@ from flax import nnx
 from cwpo_jax import losses, models, scores
 from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
-from cwpo_jax.stages import common, run_folder
+from cwpo_jax.stages import common, frozen_layers, run_folder
 from cwpo_jax.stages.methods import METHODS, targets
 from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass
 from cwpo_jax.stages.run_folder import annotator_identity, reference_path, scores_path
@@ -134,14 +134,20 @@ def _train(cfg, method: str, stage: str) -> dict:
     train = cfg.align.train
     micro_size = train.batch_size // train.micro_batches
 
+    model = models.from_pretrained(ref_path)
+    start_layer, residuals = _frozen_residuals(cfg, model, tokenized, tok)
+
     def collate(batch_index):
         batch = pool_collate(items, batch_index, batch_size=micro_size, swap=sel_swap,
                              weights=sel_weight)
         rows = np.maximum(batch["pair_index"], 0)
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
+        if residuals is not None:
+            batch["residual"] = frozen_layers.place(
+                batch["pair_index"], items, [residuals[i] for i in index], sel_swap,
+                length=batch["input_ids"].shape[1])
         return batch
 
-    model = models.from_pretrained(ref_path)
     trainable = nnx.Param
     if cfg.align.lora_rank > 0:
         lora = models.LoRAConfig(rank=cfg.align.lora_rank, alpha=cfg.align.lora_alpha,
@@ -155,14 +161,17 @@ def _train(cfg, method: str, stage: str) -> dict:
                                     label_smoothing=cfg.align.label_smoothing,
                                     gamma=cfg.align.gamma)
     task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=cfg.align.beta,
-                             normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size)
+                             normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size,
+                             start_layer=start_layer)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
     frozen_weights = cfg.align.lora_rank > 0
-    flops = train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights)
+    flops = train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights,
+                                  first_layer=start_layer)
     if cfg.align.packed_pairs and items:
         # Packed rows send only response positions through the LM head: count its FLOPs for
         # the response share of the packed tokens (the loop counts packed tokens).
-        body = train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights)
+        body = train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights,
+                                     first_layer=start_layer)
         responses = sum(len(p.chosen) + len(p.rejected) for p in items)
         flops = body + (flops - body) * responses / sum(pool_lengths[i] for i in index)
     model = fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
@@ -176,6 +185,33 @@ def _train(cfg, method: str, stage: str) -> dict:
     return {"method": method, "pairs": int(len(items)),
             "weak_disagrees_with_human": float(sel_swap.mean()) if len(items) else 0.0,
             "mean_weight": float(sel_weight.mean()) if len(items) else 0.0, "policy": out}
+
+
+_RESIDUALS: dict = {}  # the last pool's frozen-layer output, shared by the methods of a run
+
+
+def _frozen_residuals(cfg, model, tokenized, tok):
+    """(start_layer, per-pair residuals) when the layers below the lowest adapter can run once
+    (stages/frozen_layers.py), else (0, None)."""
+    a = cfg.align
+    if not (a.lora_rank > 0 and a.packed_pairs and a.frozen_cache_gb > 0 and tokenized
+            and not a.train.scan_layers and frozen_layers.supports_residual_input(model)):
+        return 0, None
+    adapted = models.lora.adapted_layers(model, tuple(a.lora_layers))
+    start = min(adapted) if adapted else 0
+    if start == 0:
+        return 0, None
+    size = frozen_layers.cache_bytes(tokenized, model.config.hidden_size)
+    if size > a.frozen_cache_gb * 2**30:
+        log(STAGE, f"the output of frozen layers 0-{start - 1} would take {size / 2**30:.1f} "
+                   f"GB > align.frozen_cache_gb; they run at every step")
+        return 0, None
+    key = (_token_digest(tokenized), hash_path(reference_path(cfg)), start)
+    if key not in _RESIDUALS:
+        _RESIDUALS.clear()
+        _RESIDUALS[key] = frozen_layers.residuals(cfg, model, tokenized, tok, stop_layer=start,
+                                                  name=STAGE + "/frozen_layers")
+    return start, _RESIDUALS[key]
 
 
 def pool_pairs(cfg) -> tuple[list, int]:

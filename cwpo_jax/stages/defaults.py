@@ -101,6 +101,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Layers with adapters (negative = from the top, () = all). Adapters in the top k layers
     # only also end the backward pass there (the frozen layers below run forward only).
     c.align.lora_layers = ()
+    # With adapters above layer k only, layers 0..k-1 run once per pool and training starts
+    # from their output (stages/frozen_layers.py), if it fits in this much host memory; 0 = off.
+    c.align.frozen_cache_gb = 4.0
     # name -> label source; "human_all" trains on human labels of labelled + unlabelled pairs
     c.align.methods = ("human", "weak", "weak_confidence")
     c.align.train = train_section(learning_rate=5e-6, batch_size=32, epochs=4.0)

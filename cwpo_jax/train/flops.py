@@ -50,14 +50,17 @@ def matmul_params(model, *, lm_head: bool, from_layer: int = 0) -> int:
     return total
 
 
-def train_flops_per_token(model, *, lm_head: bool, frozen_weights: bool) -> float:
+def train_flops_per_token(model, *, lm_head: bool, frozen_weights: bool,
+                          first_layer: int = 0) -> float:
     """Forward + backward FLOPs per token: 6 N (2 forward, 2 activation grads, 2 weight grads);
     with frozen weights (LoRA: adapter FLOPs are negligible) 2 N forward + 2 N' activation
     grads, N' the parameters from the lowest layer with adapters up (below it the backward
-    pass has nothing to reach)."""
-    n = matmul_params(model, lm_head=lm_head)
+    pass has nothing to reach). first_layer > 0: the step starts there (the layers below ran
+    once beforehand), so N counts from it too."""
+    n = matmul_params(model, lm_head=lm_head, from_layer=first_layer)
     if not frozen_weights:
         return 6.0 * n
     adapted = [_layer_index(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))]
     lowest = min((i for i in adapted if i is not None), default=0)
-    return 2.0 * n + 2.0 * matmul_params(model, lm_head=lm_head, from_layer=lowest)
+    return 2.0 * n + 2.0 * matmul_params(model, lm_head=lm_head,
+                                         from_layer=max(lowest, first_layer))

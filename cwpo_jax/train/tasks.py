@@ -41,16 +41,19 @@ def packed_visibility(segment_ids, attention_mask):
     return key_real & (same | (segment_ids == 0)[:, None, :])
 
 
-def packed_response_logprobs(model, batch, *, chunk_size: int = 0):
+def packed_response_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0):
     """Like response_logprobs for a packed pair batch: [2B] summed log-probs and counts.
 
     The prompt runs once per pair (prefix sharing), and only the hidden states that predict a
-    response token go through the LM head.
+    response token go through the LM head. start_layer > 0: batch["residual"] [B, L, D] is the
+    residual stream entering that layer (the frozen layers below, run once beforehand).
     """
     hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
                               positions=batch["positions"],
                               kv_valid=packed_visibility(batch["segment_ids"],
-                                                         batch["attention_mask"]))
+                                                         batch["attention_mask"]),
+                              **({"start_layer": start_layer, "residual": batch["residual"]}
+                                 if start_layer else {}))
     b, r = batch["input_ids"].shape[0], batch["response_ids"].shape[1]
     # Rows [:B] of response_source index pair b's chosen, rows [B:] its rejected.
     source = batch["response_source"].reshape(2, b, r).transpose(1, 0, 2).reshape(b, 2 * r)
@@ -65,10 +68,14 @@ def packed_response_logprobs(model, batch, *, chunk_size: int = 0):
     return losses.sequence_logprobs(logits, targets, mask)
 
 
-def pair_logprobs(model, batch, *, chunk_size: int = 0):
+def pair_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0):
     """[2B] log-probs and counts of a pair batch, packed or chosen-over-rejected rows."""
-    fn = packed_response_logprobs if "segment_ids" in batch else response_logprobs
-    return fn(model, batch, chunk_size=chunk_size)
+    if "segment_ids" in batch:
+        return packed_response_logprobs(model, batch, chunk_size=chunk_size,
+                                        start_layer=start_layer)
+    if start_layer:
+        raise ValueError("start_layer needs packed pair rows")
+    return response_logprobs(model, batch, chunk_size=chunk_size)
 
 
 def split_pairs(x):
@@ -77,9 +84,10 @@ def split_pairs(x):
 
 
 def preference_task(model, batch, *, pair_loss, beta: float, normalize: bool = False,
-                    chunk_size: int = 0):
-    """CW-PO: numerator/denominator of mean(w * l) (or sum(w l)/sum(w) when normalize)."""
-    logp, n_tokens = pair_logprobs(model, batch, chunk_size=chunk_size)
+                    chunk_size: int = 0, start_layer: int = 0):
+    """CW-PO: numerator/denominator of mean(w * l) (or sum(w l)/sum(w) when normalize).
+    start_layer > 0: the batch carries the frozen layers' output (packed_response_logprobs)."""
+    logp, n_tokens = pair_logprobs(model, batch, chunk_size=chunk_size, start_layer=start_layer)
     policy_chosen, policy_rejected = split_pairs(logp)
     ref_chosen, ref_rejected = split_pairs(batch["ref_logps"])
     n_chosen, n_rejected = split_pairs(n_tokens)

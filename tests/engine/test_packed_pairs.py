@@ -32,6 +32,13 @@ def both_layouts(pairs, index, *, batch_size=4, swap=None, weights=None):
     return plain, packed
 
 
+def jitted(fn, model, **kw):
+    """fn(model, batch, **kw) as one compiled program (eager dispatch of every op is slow)."""
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda st, batch: fn(nnx.merge(graphdef, st), batch, **kw))
+    return lambda batch: run(state, batch)
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2", "opt"])
 def model(request):
     return models.from_pretrained(os.path.join(FIXTURES, request.param))
@@ -42,8 +49,8 @@ def test_packed_logprobs_equal_separate_rows(model):
     swap = np.array([0, 1, 0, 1, 1, 0, 0], bool)
     plain, packed = both_layouts(pairs, [0, 2, 5], swap=swap)
     for chunk in (0, 4):
-        want, want_n = tasks.response_logprobs(model, plain, chunk_size=chunk)
-        got, got_n = tasks.packed_response_logprobs(model, packed, chunk_size=chunk)
+        want, want_n = jitted(tasks.response_logprobs, model, chunk_size=chunk)(plain)
+        got, got_n = jitted(tasks.packed_response_logprobs, model, chunk_size=chunk)(packed)
         np.testing.assert_array_equal(np.asarray(got_n), np.asarray(want_n))
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
     # The padding pair (4th row) contributes nothing.
@@ -64,8 +71,9 @@ def test_packed_preference_loss_and_gradients_match(model):
         num, den, _ = task(nnx.merge(graphdef, params, rest), batch)
         return num / den
 
-    want, want_g = jax.value_and_grad(loss)(params, {**plain, **extra})
-    got, got_g = jax.value_and_grad(loss)(params, {**packed, **extra})
+    grad = jax.jit(jax.value_and_grad(loss))  # eager dispatch of every op took minutes
+    want, want_g = grad(params, {**plain, **extra})
+    got, got_g = grad(params, {**packed, **extra})
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-6)
@@ -78,8 +86,9 @@ def test_rejected_tokens_do_not_see_chosen(model):
              for p in pairs]
     _, a = both_layouts(pairs, [0, 1], batch_size=2)
     _, b = both_layouts(other, [0, 1], batch_size=2)
-    la, _ = tasks.packed_response_logprobs(model, a)
-    lb, _ = tasks.packed_response_logprobs(model, b)
+    run = jitted(tasks.packed_response_logprobs, model)
+    la, _ = run(a)
+    lb, _ = run(b)
     np.testing.assert_array_equal(np.asarray(la)[2:], np.asarray(lb)[2:])
 
 
