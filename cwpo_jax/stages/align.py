@@ -25,7 +25,7 @@ from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, frozen_layers, run_folder
 from cwpo_jax.stages.methods import METHODS, targets
-from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass
+from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass, place_residuals
 from cwpo_jax.stages.run_folder import annotator_identity, reference_path, scores_path
 from cwpo_jax.train import tasks
 from cwpo_jax.train.fit import fit
@@ -43,8 +43,11 @@ def _token_digest(tokenized) -> str:
     return hash_bytes(*chunks)
 
 
-def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndarray, np.ndarray]:
-    """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached."""
+def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok, *, model=None,
+                       start_layer: int = 0, residuals=None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached.
+    model: the reference model, if loaded; with start_layer and residuals the pass starts from
+    the frozen layers' cached output (one forward pass in all, not one and a part)."""
     key = hash_bytes(_token_digest(tokenized).encode(), hash_path(ref_path).encode(),
                      str(cfg.align.chunk_size).encode(),
                      b"packed" if cfg.align.packed_pairs else b"rows")
@@ -55,8 +58,9 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok) -> tuple[np.ndar
             log(STAGE, f"reference log-probs: cache hit {os.path.basename(cache)}")
             return cached
     log(STAGE, "reference log-probs: computing (one jitted pass)")
-    chosen, rejected = pair_logprobs_pass(cfg, models.from_pretrained(ref_path), tokenized, tok,
-                                          name=STAGE + "/reference")
+    chosen, rejected = pair_logprobs_pass(
+        cfg, model if model is not None else models.from_pretrained(ref_path), tokenized, tok,
+        name=STAGE + "/reference", start_layer=start_layer, residuals=residuals)
     if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
         raise FloatingPointError("reference log-probs contain NaN/inf; check the reference model")
     if jax.process_index() == 0:
@@ -123,29 +127,30 @@ def _train(cfg, method: str, stage: str) -> dict:
     pool, n_labelled = pool_pairs(cfg)
     ids = [p.id for p in pool]
     tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
-    ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok)
     swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
     index = np.flatnonzero(keep)
     items = [tokenized[i] for i in index]
     pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
     sel_swap, sel_weight = swap[index], weight[index]
-    sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)
-    sel_ref_r = np.where(sel_swap, ref_chosen[index], ref_rejected[index]).astype(np.float32)
     train = cfg.align.train
     micro_size = train.batch_size // train.micro_batches
 
     model = models.from_pretrained(ref_path)
     start_layer, residuals = _frozen_residuals(cfg, model, tokenized, tok)
+    ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok, model=model,
+                                                  start_layer=start_layer, residuals=residuals)
+    sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)
+    sel_ref_r = np.where(sel_swap, ref_chosen[index], ref_rejected[index]).astype(np.float32)
+    sel_residuals = None if residuals is None else [residuals[i] for i in index]
 
     def collate(batch_index):
         batch = pool_collate(items, batch_index, batch_size=micro_size, swap=sel_swap,
                              weights=sel_weight)
         rows = np.maximum(batch["pair_index"], 0)
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
-        if residuals is not None:
-            batch["residual"] = frozen_layers.place(
-                batch["pair_index"], items, [residuals[i] for i in index], sel_swap,
-                length=batch["input_ids"].shape[1])
+        if sel_residuals is not None:
+            batch["residual"] = place_residuals(batch["pair_index"], items, sel_residuals,
+                                                sel_swap, length=batch["input_ids"].shape[1])
         return batch
 
     trainable = nnx.Param

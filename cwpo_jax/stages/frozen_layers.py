@@ -57,23 +57,3 @@ def residuals(cfg, model, tokenized, tok, *, stop_layer: int, name: str) -> list
                 out[i] = np.asarray(hidden[row, :lengths[i]], np.float32)
     log(name, f"cached the output of layers 0-{stop_layer - 1} for {len(out)} pairs")
     return out
-
-
-def place(pair_index, items, item_residuals, swap, *, length: int) -> np.ndarray:
-    """[rows, length, D] residuals laid out as collate_packed_pairs lays out the tokens: prompt,
-    then the two responses in training order (rejected first where swap), zeros after.
-
-    pair_index [rows] indexes items / item_residuals / swap (-1 = a padding row)."""
-    d = item_residuals[0].shape[-1]
-    out = np.zeros((len(pair_index), length, d), np.float32)
-    for row, i in enumerate(pair_index):
-        if i < 0:
-            continue
-        p, h = items[i], item_residuals[i]
-        n_p, n_c = len(p.prompt), len(p.chosen)
-        prompt, chosen, rejected = h[:n_p], h[n_p:n_p + n_c], h[n_p + n_c:]
-        parts = (prompt, rejected, chosen) if swap is not None and swap[i] else (
-            prompt, chosen, rejected)
-        row_h = np.concatenate(parts)
-        out[row, :len(row_h)] = row_h
-    return out

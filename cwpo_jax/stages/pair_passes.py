@@ -118,14 +118,23 @@ def pair_batches(cfg, pool, tok) -> tuple[Callable, list[int]]:
     return collate, lengths
 
 
-def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str) -> tuple[np.ndarray, np.ndarray]:
+def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: int = 0,
+                       residuals=None) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs of every tokenized pair's chosen and rejected response under `model`,
     [N] each, in one jitted pass (align.logprob_batch_size pairs per batch, the alignment
-    layout)."""
+    layout). start_layer > 0: the layers below it are not run; `residuals` (one per pair,
+    stages/frozen_layers.py) is their output."""
     batch_size = cfg.align.logprob_batch_size
-    collate, lengths = pair_batches(cfg, tokenized, tok)
-    collate = functools.partial(collate, tokenized, batch_size=batch_size)
-    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size)
+    pool_collate, lengths = pair_batches(cfg, tokenized, tok)
+
+    def collate(index):
+        batch = pool_collate(tokenized, index, batch_size=batch_size)
+        if start_layer:
+            batch["residual"] = place_residuals(batch["pair_index"], tokenized, residuals, None,
+                                                length=batch["input_ids"].shape[1])
+        return batch
+
+    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size, start_layer=start_layer)
     chosen = np.full(len(tokenized), np.nan)
     rejected = np.full(len(tokenized), np.nan)
     for batch, logp in batched_pass(model, fn, lengths=lengths, collate=collate,
@@ -138,5 +147,28 @@ def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str) -> tuple[np.nda
     return chosen, rejected
 
 
-def _logprob_fn(model, batch, *, chunk_size):
-    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size)[0]
+def _logprob_fn(model, batch, *, chunk_size, start_layer=0):
+    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size, start_layer=start_layer)[0]
+
+
+def place_residuals(pair_index, items, item_residuals, swap, *, length: int) -> np.ndarray:
+    """[rows, length, D] frozen-layer outputs (stages/frozen_layers.py), one [tokens, D] array
+    per item in the (prompt, chosen, rejected) order, laid out as collate_packed_pairs lays out
+    the tokens: prompt, then the two responses in training order (rejected first where swap),
+    zeros after.
+
+    pair_index [rows] indexes items / item_residuals / swap (-1 = a padding row)."""
+    d = item_residuals[0].shape[-1]
+    out = np.zeros((len(pair_index), length, d), np.float32)
+    for row, i in enumerate(pair_index):
+        if i < 0:
+            continue
+        p, h = items[i], item_residuals[i]
+        n_p, n_c = len(p.prompt), len(p.chosen)
+        prompt, chosen, rejected = h[:n_p], h[n_p:n_p + n_c], h[n_p + n_c:]
+        parts = (prompt, rejected, chosen) if swap is not None and swap[i] else (
+            prompt, chosen, rejected)
+        row_h = np.concatenate(parts)
+        out[row, :len(row_h)] = row_h
+    return out
+

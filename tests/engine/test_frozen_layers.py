@@ -12,6 +12,7 @@ from flax import nnx
 from cwpo_jax import losses, models
 from cwpo_jax.data import collate_packed_pairs
 from cwpo_jax.stages import frozen_layers
+from cwpo_jax.stages.pair_passes import pair_logprobs_pass, place_residuals
 from cwpo_jax.train import tasks
 from tests.engine.test_packed_pairs import FIXTURES, random_pairs
 
@@ -35,8 +36,8 @@ def test_training_from_cached_bottom_layers_equals_the_whole_stack(family):
     swap = np.array([1, 0, 1, 0, 0], bool)
     batch = collate_packed_pairs(pairs, [0, 2, 4], batch_size=4, buckets=(32, 48),
                                  response_len=8, pad_id=0, swap=swap)  # row 3 is padding
-    batch["residual"] = frozen_layers.place(batch["pair_index"], pairs, cached, swap,
-                                            length=batch["input_ids"].shape[1])
+    batch["residual"] = place_residuals(batch["pair_index"], pairs, cached, swap,
+                                        length=batch["input_ids"].shape[1])
     assert not batch["residual"][3].any()
     whole, _ = tasks.packed_response_logprobs(model, batch)
     top, _ = tasks.packed_response_logprobs(model, batch, start_layer=1)
@@ -59,6 +60,19 @@ def test_training_from_cached_bottom_layers_equals_the_whole_stack(family):
     for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)
     assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(got_g))
+
+
+def test_reference_pass_from_cached_bottom_layers_equals_the_whole_pass():
+    model = models.from_pretrained(os.path.join(FIXTURES, "llama"))
+    pairs = random_pairs(11, model.config.vocab_size, seed=6)
+    tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    cfg = _cfg()
+    cfg.align.chunk_size = 0
+    cached = frozen_layers.residuals(cfg, model, pairs, tok, stop_layer=1, name="test")
+    whole = pair_logprobs_pass(cfg, model, pairs, tok, name="test")
+    top = pair_logprobs_pass(cfg, model, pairs, tok, name="test", start_layer=1, residuals=cached)
+    for a, b in zip(top, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_residual_input_is_refused_with_a_kv_cache_or_without_a_start_layer():
