@@ -39,9 +39,14 @@ def get_config():
     c.annotator.train.update(dict(learning_rate=5e-5, batch_size=16, epochs=6.0,
                                   warmup_steps=5, log_every=10, save_every=0))
     c.align.methods = ("gold", "human_all", "human", "weak", "weak_confidence", "top_fraction")
-    c.align.beta = 0.5  # as run (demo_quick moved to 0.1 after this experiment: pilot 7)
+    # As run: demo_quick moved to beta 0.1 (pilot 7) and to adapters on every linear map of the
+    # top 10 layers (pilot 9) after this experiment.
+    c.align.beta = 0.5
+    c.align.lora_targets = ("q_proj", "v_proj")
+    c.align.lora_layers = ()
     c.align.train.update(dict(learning_rate=2e-3, batch_size=8, epochs=1.0, warmup_steps=2,
                               weight_decay=0.0, log_every=4, save_every=0))
     c.evaluate.samples_per_prompt = 1
+    c.evaluate.heldout_pairs = 0  # as run: every gold-decided eval pair
     c.sweep.runs = ((0.3, 0), (0.3, 1), (0.3, 2))
     return c
