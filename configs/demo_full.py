@@ -39,8 +39,8 @@ def get_config():
     c.annotator.train.update(dict(learning_rate=5e-5, batch_size=16, epochs=6.0,
                                   warmup_steps=5, log_every=10, save_every=0))
     c.align.methods = ("gold", "human_all", "human", "weak", "weak_confidence", "top_fraction")
-    # As run: demo_quick moved to beta 0.1 (pilot 7) and to adapters on every linear map of the
-    # top 10 layers (pilot 9) after this experiment.
+    # As run, pinned here so that later demo_quick changes (beta 0.1 since pilot 7) never
+    # change this experiment.
     c.align.beta = 0.5
     c.align.lora_targets = ("q_proj", "v_proj")
     c.align.lora_layers = ()
