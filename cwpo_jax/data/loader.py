@@ -81,6 +81,49 @@ class BatchPlan:
         return self._plan(k // self.per_epoch)[k % self.per_epoch]
 
 
+class Collate:
+    """index array -> collate(index), named by the collate function: grain names transforms by
+    repr() on first access, and a functools.partial's repr would print every item it holds."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, index: np.ndarray) -> dict:
+        return self.collate(index)
+
+    def __repr__(self) -> str:
+        return collate_name(self.collate)
+
+
+def collate_name(fn: Callable) -> str:
+    fn = getattr(fn, "func", fn)  # a functools.partial's function
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+def plan_dataset(
+    lengths: Sequence[int],
+    collate: Callable,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    num_epochs: int = 1,
+    shuffle: bool = True,
+) -> grain.MapDataset:
+    """Element k: collate(index array k of the BatchPlan): the batches of plan_batches for epochs
+    0, 1, ... in order (window 32, the short last batch of an epoch padded by collate)."""
+    plan = BatchPlan(lengths, batch_size, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
+                     window=32, drop_remainder=False)
+    return grain.MapDataset.source(plan).map(Collate(collate))
+
+
+def read_ahead(ds: grain.MapDataset, *, threads: int = 4, buffer: int = 8) -> grain.IterDataset:
+    """ds read by `threads` worker threads, up to `buffer` elements ahead of the consumer, in
+    order: batches are collated while the device computes. Its iterator's get_state() is the
+    next element's index, exact whatever is buffered. A small buffer: an element is a whole
+    batch, and grain's default (500) would hold hundreds of them."""
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
+
+
 class _HostCollate:
     """index array -> this host's rows of the global batch. The length bucket comes from the
     whole global batch, so every host returns the same [rows, T] and the per-host arrays form one
@@ -108,9 +151,9 @@ class _HostCollate:
         return self.collate(mine, batch_size=local, buckets=(t,))
 
     def __repr__(self) -> str:
-        name = getattr(self.collate, "func", self.collate).__name__
         return (
-            f"{name}(items={len(self.lengths)}, batch_size={self.batch_size}, shard={self.shard})"
+            f"{collate_name(self.collate)}(items={len(self.lengths)}, "
+            f"batch_size={self.batch_size}, shard={self.shard})"
         )
 
 

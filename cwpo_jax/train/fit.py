@@ -11,7 +11,7 @@ from flax import nnx
 from cwpo_jax import models
 from cwpo_jax.train import loop, optim, steps
 from cwpo_jax.train.checkpoint import Checkpointer
-from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.flops import count_params, mesh_peak_flops
 from cwpo_jax.train.hosts import log
 from cwpo_jax.train.metrics import MetricsLogger
@@ -44,15 +44,15 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
     step_fn = steps.jit_train_step(
         steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule,
                               compute_dtype=compute), mesh, state_sh, frozen_sh)
-    feeder = EpochFeeder(lengths, collate, batch_size=train_cfg.batch_size // micro,
-                         micro_batches=micro, seed=seed)
+    batches = train_batches(lengths, collate, batch_size=train_cfg.batch_size // micro,
+                            num_steps=num_steps, micro_batches=micro, seed=seed)
     log(name, f"{len(lengths)} examples, {num_steps} steps of {train_cfg.batch_size}, "
               f"{count_params(parts.params):,} trainable parameters")
     checkpointer = Checkpointer(os.path.join(workdir, "ckpt"), keep=train_cfg.keep_checkpoints)
     logger = MetricsLogger(workdir, name=name, total_steps=num_steps)
     try:
         state = loop.train(
-            step_fn=step_fn, state=state, frozen=frozen, batches=feeder, mesh=mesh,
+            step_fn=step_fn, state=state, frozen=frozen, batches=batches, mesh=mesh,
             config=loop.LoopConfig(num_steps=num_steps, log_every=train_cfg.log_every,
                                    save_every=train_cfg.save_every, name=name),
             checkpointer=checkpointer, logger=logger, flops_per_token=flops_per_token,
