@@ -28,13 +28,14 @@ def test_batched_pass_covers_items_in_order_with_one_batch_in_flight(monkeypatch
     collated = []
     shard_batch = sharding.shard_batch
 
-    def dispatching(batch, mesh):
+    def dispatching(batch, mesh):  # the model's inputs and the rows' item indices
         events.append("dispatch")
         return shard_batch(batch, mesh)
 
     monkeypatch.setattr(sharding, "shard_batch", dispatching)
 
-    def collate(index):
+    def collate(index, *, shard):
+        assert shard == (0, 1)
         collated.append(list(index))
         x = np.zeros((ROWS, 3), np.float32)
         x[:len(index)] = items[index]

@@ -134,9 +134,9 @@ def _train(cfg, method: str, stage: str) -> dict:
     train = cfg.align.train
     micro_size = train.batch_size // train.micro_batches
 
-    def collate(batch_index):
+    def collate(batch_index, *, shard):
         batch = pool_collate(items, batch_index, batch_size=micro_size, swap=sel_swap,
-                             weights=sel_weight)
+                             weights=sel_weight, shard=shard)
         rows = np.maximum(batch["pair_index"], 0)
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
         return batch

@@ -48,27 +48,29 @@ class _ValidRows:
     def __init__(self, collate: Callable):
         self.collate = collate
 
-    def __call__(self, index: np.ndarray) -> dict:
-        return add_valid(self.collate(index))
+    def __call__(self, index: np.ndarray, shard: tuple[int, int]) -> dict:
+        return add_valid(self.collate(index, shard=shard))
 
     def __repr__(self) -> str:
         return f"valid_rows({loader.collate_name(self.collate)})"
 
 
 def train_batches(lengths: Sequence[int], collate: Callable, *, batch_size: int, num_steps: int,
-                  micro_batches: int = 1, seed: int = 0) -> grain.DatasetIterator:
+                  micro_batches: int = 1, seed: int = 0,
+                  shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
     """Iterator over the batches of num_steps steps, each A = micro_batches batches of
     batch_size items stacked on a leading axis (gradient accumulation), shuffled by seed and
     length-grouped; epochs follow each other as one stream. It has get_state / set_state.
 
-    lengths: per-item token length; collate(indices) -> batch dict (e.g.
-    functools.partial(collate_pairs, items, ...)).
+    lengths: per-item token length; collate(indices, shard=) -> batch dict (e.g.
+    functools.partial(collate_pairs, items, ...)); shard (i, n): this host's rows of every
+    global batch (sharding.process_block), see data/loader.plan_dataset.
     """
     if len(lengths) == 0:
         raise ValueError("cannot feed batches from an empty dataset")
     per_epoch = math.ceil(len(lengths) / batch_size)
     epochs = max(1, math.ceil(num_steps * micro_batches / per_epoch))
     ds = loader.plan_dataset(lengths, _ValidRows(collate), batch_size=batch_size, seed=seed,
-                             num_epochs=epochs)
+                             num_epochs=epochs, shard=shard)
     steps = ds[: num_steps * micro_batches].batch(micro_batches, batch_fn=stack_micro_batches)
     return iter(loader.read_ahead(steps))

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from cwpo_jax import models
+from cwpo_jax import models, sharding
 from cwpo_jax.train import loop, optim, steps
 from cwpo_jax.train.checkpoint import Checkpointer
 from cwpo_jax.train.feeder import train_batches
@@ -26,10 +26,11 @@ def total_steps(train_cfg, num_items: int) -> int:
 
 def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, train_cfg, mesh,
         seed: int, workdir: str, name: str, trainable=nnx.Param, flops_per_token: float = 0.0):
-    """Train `model` on `task` over the items behind (lengths, collate) with the settings of
-    a train section (stages/defaults.train_section), sharded over `mesh`, batches shuffled by
-    `seed`; resumes from workdir/ckpt. Returns the trained model (LoRA still separate, layers
-    unstacked)."""
+    """Train `model` on `task` over the items behind (lengths, collate(index, shard=)) with the
+    settings of a train section (stages/defaults.train_section), sharded over `mesh`, batches
+    shuffled by `seed`; every process collates only its rows of each batch
+    (sharding.process_block). Resumes from workdir/ckpt. Returns the trained model (LoRA
+    still separate, layers unstacked)."""
     if train_cfg.scan_layers:
         model = models.stack_layers(model)
     num_steps = total_steps(train_cfg, len(lengths))
@@ -45,7 +46,8 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
         steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule,
                               compute_dtype=compute), mesh, state_sh, frozen_sh)
     batches = train_batches(lengths, collate, batch_size=train_cfg.batch_size // micro,
-                            num_steps=num_steps, micro_batches=micro, seed=seed)
+                            num_steps=num_steps, micro_batches=micro, seed=seed,
+                            shard=sharding.process_block(mesh))
     log(name, f"{len(lengths)} examples, {num_steps} steps of {train_cfg.batch_size}, "
               f"{count_params(parts.params):,} trainable parameters")
     checkpointer = Checkpointer(os.path.join(workdir, "ckpt"), keep=train_cfg.keep_checkpoints)

@@ -39,8 +39,8 @@ ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
 
 
-def collate(index):
-    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0)
+def collate(index, *, shard):
+    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0, shard=shard)
     idx = np.maximum(batch["pair_index"], 0)
     batch["ref_logps"] = np.concatenate([REF[idx], REF[20 + idx]])
     return batch
