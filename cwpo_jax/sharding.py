@@ -161,7 +161,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0):
     if jax.process_count() == 1:
         return {key: _global_array(key, np.asarray(value), mesh, leading)
                 for key, value in batch.items()}
-    block, blocks = process_block(mesh)
+    _, blocks = process_block(mesh)
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)

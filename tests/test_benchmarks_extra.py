@@ -133,4 +133,4 @@ def test_scale_prepare_runs_every_stage_on_a_small_file(capsys, tmp_path):
     unlabelled = result["tokenise"]["pairs"]
     assert 0 < unlabelled < 120 and result["score"]["pairs"] == unlabelled
     for stage in ("generate", "read", "prepare", "tokenise", "score"):
-        assert result[stage]["pairs_per_s"] > 0 and result[stage]["seconds"] > 0
+        assert result[stage]["pairs_per_s"] > 0 and result[stage]["seconds"] >= 0  # 0.0: rounded
