@@ -6,11 +6,13 @@ in/out shardings over this mesh is the modern spelling of pjit.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -130,21 +132,81 @@ def batch_divisor(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0):
-    """Global numpy batch -> jax.Arrays sharded over (data, fsdp) along dimension `leading`.
+def process_block(mesh: Mesh) -> tuple[int, int]:
+    """(i, n): this process's devices hold block i of n equal, contiguous blocks of a batch's
+    rows (batch_sharding), so it supplies rows [i*B/n, (i+1)*B/n) of every global batch of B
+    (data/loader's shard). (0, 1) on one process; processes whose devices hold the same rows
+    (batch axes smaller than the process count) share a block."""
+    if jax.process_count() == 1:
+        return 0, 1
+    rows = batch_divisor(mesh)
+    held = batch_sharding(mesh, 1).addressable_devices_indices_map((rows,))
+    mine = sorted({index[0].indices(rows)[0] for index in held.values()})
+    local = len(mine)
+    if mine != list(range(mine[0], mine[0] + local)) or mine[0] % local:
+        raise ValueError(f"process {jax.process_index()} holds batch rows {mine} of {rows}, not "
+                         "one contiguous block: order the mesh's devices by process")
+    return mine[0] // local, rows // local
 
-    Every process passes the same global batch (the feeders are deterministic functions of seed
-    and step), and each transfers only the shards its own devices hold. This keeps the pair
-    layout (chosen rows [:B], rejected rows [B:]) intact across hosts, which per-host row slices
-    concatenated by make_array_from_process_local_data would interleave.
-    """
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, leading: int = 0):
+    """This process's rows of a batch -> global jax.Arrays sharded over (data, fsdp) along
+    dimension `leading`.
+
+    Each process passes block i of n of every global batch (process_block; the whole batch on
+    one process) and transfers only its own rows. A pair batch's blocks each hold their pairs'
+    chosen rows then rejected rows; arrays with two rows per pair (twice pair_index's rows) are
+    reordered on device into the global layout, every chosen row [:B] then every rejected row
+    [B:]."""
+    if jax.process_count() == 1:
+        return {key: _global_array(key, np.asarray(value), mesh, leading)
+                for key, value in batch.items()}
+    _, blocks = process_block(mesh)
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        sharding = batch_sharding(mesh, value.ndim, leading) if value.ndim > leading else replicated(mesh)
-        if value.ndim > leading and value.shape[leading] % batch_divisor(mesh):
-            raise ValueError(
-                f"batch[{key!r}] has {value.shape[leading]} rows on axis {leading}, not divisible "
-                f"by the data-parallel size {batch_divisor(mesh)} (mesh data x fsdp)")
-        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+        if value.ndim <= leading:  # the same on every process
+            out[key] = _global_array(key, value, mesh, leading)
+            continue
+        shape = list(value.shape)
+        shape[leading] *= blocks
+        _check_rows(key, shape[leading], mesh)
+        out[key] = jax.make_array_from_process_local_data(
+            batch_sharding(mesh, value.ndim, leading), value, tuple(shape))
+    if "pair_index" in batch and blocks > 1:
+        pairs = np.shape(batch["pair_index"])[leading]
+        for key, value in out.items():
+            if value.ndim > leading and np.shape(batch[key])[leading] == 2 * pairs:
+                out[key] = _pairs_major(mesh, value.ndim, leading, blocks)(value)
     return out
+
+
+def _check_rows(key: str, rows: int, mesh: Mesh) -> None:
+    if rows % batch_divisor(mesh):
+        raise ValueError(
+            f"batch[{key!r}] has {rows} rows on the batch axis, not divisible by the "
+            f"data-parallel size {batch_divisor(mesh)} (mesh data x fsdp)")
+
+
+def _global_array(key: str, value: np.ndarray, mesh: Mesh, leading: int) -> jax.Array:
+    """A batch array every process holds whole -> a global array; each process transfers only
+    the shards its own devices hold."""
+    if value.ndim <= leading:
+        sh = replicated(mesh)
+    else:
+        _check_rows(key, value.shape[leading], mesh)
+        sh = batch_sharding(mesh, value.ndim, leading)
+    return jax.make_array_from_callback(value.shape, sh, lambda idx: value[idx])
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs_major(mesh: Mesh, ndim: int, axis: int, blocks: int):
+    """Rows [c_0 r_0 c_1 r_1 ...] (block k's chosen then rejected rows) -> [c_0 c_1 ... r_0
+    r_1 ...] along `axis`, jitted with the batch sharding kept."""
+
+    def reorder(x):
+        shape = x.shape
+        x = x.reshape(*shape[:axis], blocks, 2, shape[axis] // (2 * blocks), *shape[axis + 1:])
+        return jnp.swapaxes(x, axis, axis + 1).reshape(shape)
+
+    return jax.jit(reorder, out_shardings=batch_sharding(mesh, ndim, axis))

@@ -121,3 +121,16 @@ def test_compare_trl_tiny(capsys, reference, layout):
             assert 0 < r["resident_before_steps_mb"] <= r["step_peak_rss_mb"] <= r["peak_rss_mb"]
         assert result["step_memory_ratio"] == pytest.approx(
             result["jax"]["step_peak_rss_mb"] / result["trl"]["step_peak_rss_mb"])
+
+
+def test_scale_prepare_runs_every_stage_on_a_small_file(capsys, tmp_path):
+    import scale_prepare
+
+    result = scale_prepare.main(["--pairs=120", f"--workdir={tmp_path}", "--score-batch=8"])
+    assert last_json(capsys) == json.loads(json.dumps(result))
+    assert result["generate"]["pairs"] == result["read"]["pairs"] == 120
+    assert result["prepare"]["pairs"] == 120  # every pair lands in one split
+    unlabelled = result["tokenise"]["pairs"]
+    assert 0 < unlabelled < 120 and result["score"]["pairs"] == unlabelled
+    for stage in ("generate", "read", "prepare", "tokenise", "score"):
+        assert result[stage]["pairs_per_s"] > 0 and result[stage]["seconds"] >= 0  # 0.0: rounded

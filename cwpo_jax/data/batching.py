@@ -70,6 +70,18 @@ def _select(items, index, batch_size: int, unit: str):
     return index, [items[i] for i in index]
 
 
+def _host_rows(index: np.ndarray, sel: list, batch_size: int, shard: tuple[int, int]):
+    """(index, sel, rows) of this host's share of a global batch of batch_size rows: rows
+    [i*B/n, (i+1)*B/n) for shard (i, n) (data/loader, sharding.process_block)."""
+    host, hosts = shard
+    if not 0 <= host < hosts or batch_size % hosts:
+        raise ValueError(f"shard {shard}: need 0 <= index < count and the batch size "
+                         f"({batch_size}) divisible by the count")
+    rows = batch_size // hosts
+    mine = slice(host * rows, (host + 1) * rows)
+    return index[mine], sel[mine], rows
+
+
 def _ordered(pair: TokenizedPair, i: int, swap) -> tuple[np.ndarray, np.ndarray]:
     """(first, second) response of pair i: chosen first unless swap[i]."""
     if swap is not None and swap[i]:
@@ -95,16 +107,19 @@ def collate_pairs(
     pad_id: int,
     swap: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
     """Stacks chosen rows then rejected rows of the pairs items[index].
 
     swap[i] True exchanges chosen and rejected of pair i (weak labels that disagree with the
     stored order); weights[i] is its loss weight (confidence). Both are indexed like `items`.
+    shard (i, n): only pairs [i*B/n, (i+1)*B/n) of the global batch, B/n of them, at the global
+    batch's length (so the n hosts' rows form one global batch).
     """
     index, sel = _select(items, index, batch_size, "pairs")
     longest = max((p.length for p in sel), default=1)
     t = bucket_length(longest, buckets)
-    b = batch_size
+    index, sel, b = _host_rows(index, sel, batch_size, shard)
     ids = np.full((2 * b, t), pad_id, np.int32)
     attn = np.zeros((2 * b, t), np.int32)
     resp = np.zeros((2 * b, t), np.int32)
@@ -136,8 +151,9 @@ def collate_packed_pairs(
     pad_id: int,
     swap: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
-    """Packed rows (see the module docstring); swap and weights as in collate_pairs.
+    """Packed rows (see the module docstring); swap, weights and shard as in collate_pairs.
 
     L is the smallest bucket that fits the longest prompt + chosen + rejected; response_len R is
     fixed by the caller (the longest response of the dataset) so it adds no compiled shapes.
@@ -145,7 +161,8 @@ def collate_packed_pairs(
     index, sel = _select(items, index, batch_size, "pairs")
     longest = max((len(p.prompt) + len(p.chosen) + len(p.rejected) for p in sel), default=1)
     t = bucket_length(longest, buckets)
-    b, r = batch_size, response_len
+    index, sel, b = _host_rows(index, sel, batch_size, shard)
+    r = response_len
     ids = np.full((b, t), pad_id, np.int32)
     attn = np.zeros((b, t), np.int32)
     pos = np.zeros((b, t), np.int32)
@@ -240,10 +257,12 @@ def collate_packed_sequences(
     row_len: int,
     max_segments: int,
     pad_id: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
-    """Rows rows[index] of packed sequences (see the module docstring; rows from pack_rows)."""
+    """Rows rows[index] of packed sequences (see the module docstring; rows from pack_rows);
+    shard as in collate_pairs."""
     index, sel = _select(rows, index, batch_size, "rows")
-    b = batch_size
+    index, sel, b = _host_rows(index, sel, batch_size, shard)
     ids = np.full((b, row_len), pad_id, np.int32)
     attn = np.zeros((b, row_len), np.int32)
     pos = np.zeros((b, row_len), np.int32)
@@ -279,10 +298,12 @@ def collate_sequences(
     buckets: Sequence[int],
     pad_id: int,
     weights: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
-    """Right-padded prompt + response rows (SFT, scoring)."""
+    """Right-padded prompt + response rows (SFT, scoring); shard as in collate_pairs."""
     index, sel = _select(items, index, batch_size, "sequences")
     t = bucket_length(max((s.length for s in sel), default=1), buckets)
+    index, sel, batch_size = _host_rows(index, sel, batch_size, shard)
     ids = np.full((batch_size, t), pad_id, np.int32)
     attn = np.zeros((batch_size, t), np.int32)
     resp = np.zeros((batch_size, t), np.int32)
@@ -309,10 +330,13 @@ def collate_prompts(
     batch_size: int,
     buckets: Sequence[int],
     pad_id: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
-    """Left-padded prompts for sampling: the last column is every prompt's last token."""
+    """Left-padded prompts for sampling: the last column is every prompt's last token; shard
+    as in collate_pairs."""
     index, sel = _select(items, index, batch_size, "prompts")
     t = bucket_length(max((len(s.prompt) for s in sel), default=1), buckets)
+    index, sel, batch_size = _host_rows(index, sel, batch_size, shard)
     ids = np.full((batch_size, t), pad_id, np.int32)
     attn = np.zeros((batch_size, t), np.int32)
     idx = np.full((batch_size,), -1, np.int32)

@@ -81,70 +81,60 @@ class BatchPlan:
         return self._plan(k // self.per_epoch)[k % self.per_epoch]
 
 
-class _HostCollate:
-    """index array -> this host's rows of the global batch. The length bucket comes from the
-    whole global batch, so every host returns the same [rows, T] and the per-host arrays form one
-    global array. A class with a short repr, not a functools.partial: grain names transforms by
-    repr() on first access, and a partial's repr would print every item of the dataset."""
+class Collate:
+    """index array -> collate(index), named by the collate function: grain names transforms by
+    repr() on first access, and a functools.partial's repr would print every item it holds."""
 
-    def __init__(
-        self,
-        collate: Callable,
-        lengths: np.ndarray,
-        buckets: tuple[int, ...],
-        batch_size: int,
-        shard: tuple[int, int],
-    ):
-        self.collate, self.lengths, self.buckets = collate, lengths, buckets
-        self.batch_size, self.shard = batch_size, shard
+    def __init__(self, collate: Callable):
+        self.collate = collate
 
     def __call__(self, index: np.ndarray) -> dict:
-        host, hosts = self.shard
-        local = self.batch_size // hosts
-        t = batching.bucket_length(
-            int(self.lengths[index].max()) if len(index) else 1, self.buckets
-        )
-        mine = index[host * local : (host + 1) * local]
-        return self.collate(mine, batch_size=local, buckets=(t,))
+        return self.collate(index)
 
     def __repr__(self) -> str:
-        name = getattr(self.collate, "func", self.collate).__name__
-        return (
-            f"{name}(items={len(self.lengths)}, batch_size={self.batch_size}, shard={self.shard})"
-        )
+        return collate_name(self.collate)  # a partial's function, not its items
 
 
-def _dataset(
-    lengths,
+def collate_name(fn: Callable) -> str:
+    while hasattr(fn, "func"):  # a functools.partial's function
+        fn = fn.func
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+def plan_dataset(
+    lengths: Sequence[int],
     collate: Callable,
     *,
-    batch_size,
-    buckets,
-    seed,
-    num_epochs,
-    shuffle,
-    window,
-    drop_remainder,
-    shard,
+    batch_size: int,
+    seed: int = 0,
+    num_epochs: int = 1,
+    shuffle: bool = True,
+    window: int = 32,
+    drop_remainder: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.MapDataset:
-    lengths = np.asarray(lengths)
-    plan = BatchPlan(
-        lengths,
-        batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        shuffle=shuffle,
-        window=window,
-        drop_remainder=drop_remainder,
-    )
+    """Element k: collate(index array k of the BatchPlan, shard=shard), the batches of
+    plan_batches for epochs 0, 1, ... in order (the short last batch of an epoch padded by
+    collate). Every batching.collate_* takes shard: with shard (i, n) a host materialises only
+    rows [i*B/n, (i+1)*B/n) of every global batch of B, at the global batch's length;
+    sharding.process_block(mesh) is the (i, n) of this process's devices."""
     host, hosts = shard
     if not (0 <= host < hosts and batch_size % hosts == 0):
         raise ValueError(
             f"shard {shard}: need 0 <= index < count and batch_size ({batch_size}) "
             "divisible by the count"
         )
-    fn = _HostCollate(collate, lengths, tuple(buckets), batch_size, shard)
-    return grain.MapDataset.source(plan).map(fn)
+    plan = BatchPlan(lengths, batch_size, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
+                     window=window, drop_remainder=drop_remainder)
+    return grain.MapDataset.source(plan).map(Collate(functools.partial(collate, shard=shard)))
+
+
+def read_ahead(ds: grain.MapDataset, *, threads: int = 4, buffer: int = 8) -> grain.IterDataset:
+    """ds read by `threads` worker threads, up to `buffer` elements ahead of the consumer, in
+    order: batches are collated while the device computes. Its iterator's get_state() is the
+    next element's index, exact whatever is buffered. A small buffer: an element is a whole
+    batch, and grain's default (500) would hold hundreds of them."""
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
 
 
 def pair_dataset(
@@ -176,13 +166,13 @@ def pair_dataset(
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError("weights must be finite and >= 0")
     collate = functools.partial(
-        batching.collate_pairs, items, pad_id=pad_id, swap=swap, weights=weights
+        batching.collate_pairs, items, batch_size=batch_size, buckets=tuple(buckets),
+        pad_id=pad_id, swap=swap, weights=weights
     )
-    return _dataset(
+    return plan_dataset(
         [p.length for p in items],
         collate,
         batch_size=batch_size,
-        buckets=buckets,
         seed=seed,
         num_epochs=num_epochs,
         shuffle=shuffle,
@@ -210,12 +200,12 @@ def sequence_dataset(
     pair_dataset."""
     if weights is not None:
         weights = batching._check_alignment("weights", weights, len(items)).astype(np.float32)
-    collate = functools.partial(batching.collate_sequences, items, pad_id=pad_id, weights=weights)
-    return _dataset(
+    collate = functools.partial(batching.collate_sequences, items, batch_size=batch_size,
+                                buckets=tuple(buckets), pad_id=pad_id, weights=weights)
+    return plan_dataset(
         [s.length for s in items],
         collate,
         batch_size=batch_size,
-        buckets=buckets,
         seed=seed,
         num_epochs=num_epochs,
         shuffle=shuffle,
@@ -234,12 +224,12 @@ def prompt_dataset(
     shard: tuple[int, int] = (0, 1),
 ) -> grain.MapDataset:
     """Left-padded prompt batches for sampling, grouped by length, one pass, no shuffle."""
-    collate = functools.partial(batching.collate_prompts, items, pad_id=pad_id)
-    return _dataset(
+    collate = functools.partial(batching.collate_prompts, items, batch_size=batch_size,
+                                buckets=tuple(buckets), pad_id=pad_id)
+    return plan_dataset(
         [len(s.prompt) for s in items],
         collate,
         batch_size=batch_size,
-        buckets=buckets,
         seed=0,
         num_epochs=1,
         shuffle=False,

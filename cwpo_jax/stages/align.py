@@ -143,9 +143,9 @@ def _train(cfg, method: str, stage: str) -> dict:
     sel_ref_r = np.where(sel_swap, ref_chosen[index], ref_rejected[index]).astype(np.float32)
     sel_residuals = None if residuals is None else [residuals[i] for i in index]
 
-    def collate(batch_index):
+    def collate(batch_index, *, shard):
         batch = pool_collate(items, batch_index, batch_size=micro_size, swap=sel_swap,
-                             weights=sel_weight)
+                             weights=sel_weight, shard=shard)
         rows = np.maximum(batch["pair_index"], 0)
         batch["ref_logps"] = np.concatenate([sel_ref_c[rows], sel_ref_r[rows]])
         if sel_residuals is not None:

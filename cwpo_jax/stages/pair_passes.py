@@ -127,8 +127,8 @@ def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: in
     batch_size = cfg.align.logprob_batch_size
     pool_collate, lengths = pair_batches(cfg, tokenized, tok)
 
-    def collate(index):
-        batch = pool_collate(tokenized, index, batch_size=batch_size)
+    def collate(index, *, shard):
+        batch = pool_collate(tokenized, index, batch_size=batch_size, shard=shard)
         if start_layer:
             batch["residual"] = place_residuals(batch["pair_index"], tokenized, residuals, None,
                                                 length=batch["input_ids"].shape[1])

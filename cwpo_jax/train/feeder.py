@@ -1,18 +1,20 @@
-"""Resumable stream of train batches with a leading micro-batch axis, for the loop.
+"""Train batches for the loop: grain over the data package's batch plan, with a leading
+micro-batch axis.
 
-Wraps the data package's pure batch plan (`plan_batches`, a function of seed and epoch) and a
-collate function; its whole state is (epoch, position), so a checkpoint stores two integers and
-resume replays exactly the same batches.
+The stream is data/loader.plan_dataset (plan_batches of epochs 0, 1, ... a pure function of
+seed and epoch) grouped into steps of A micro-batches and read ahead by worker threads. Its
+iterator's state is one integer (the next step's index), saved in the checkpoint, so resume
+replays exactly the same batches.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
+import grain
 import numpy as np
 
-from cwpo_jax.data.batching import plan_batches
-
-Collate = Callable[[Sequence[int]], dict]
+from cwpo_jax.data import loader
 
 
 def count_tokens(batch: dict) -> tuple[int, int]:
@@ -27,7 +29,7 @@ def add_valid(batch: dict) -> dict:
     return {**batch, "valid": (np.asarray(index) >= 0).astype(np.float32)}
 
 
-def stack_micro_batches(batches: list[dict]) -> dict:
+def stack_micro_batches(batches: Sequence[dict]) -> dict:
     """[A] batches -> one dict with a leading [A] axis; shorter sequences padded to the longest
     (padding columns are masked out, so the numbers do not change)."""
     out = {}
@@ -35,55 +37,40 @@ def stack_micro_batches(batches: list[dict]) -> dict:
         arrays = [np.asarray(b[key]) for b in batches]
         if arrays[0].ndim == 2:  # [rows, T]
             width = max(a.shape[1] for a in arrays)
-            fill = 0
-            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
-                      for a in arrays]
+            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
         out[key] = np.stack(arrays)
     return out
 
 
-class EpochFeeder:
-    """Endless, deterministic, resumable batches over `num_items` items.
+class _ValidRows:
+    """collate(index) with its `valid` rows; a class for a short repr in grain's logs."""
 
-    lengths: per-item token length (for length-grouped batches with little padding);
-    collate(indices) -> batch dict (e.g. functools.partial(collate_pairs, items, ...));
-    micro_batches: A, the gradient-accumulation factor (each step takes A batches).
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, index: np.ndarray, shard: tuple[int, int]) -> dict:
+        return add_valid(self.collate(index, shard=shard))
+
+    def __repr__(self) -> str:
+        return f"valid_rows({loader.collate_name(self.collate)})"
+
+
+def train_batches(lengths: Sequence[int], collate: Callable, *, batch_size: int, num_steps: int,
+                  micro_batches: int = 1, seed: int = 0,
+                  shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
+    """Iterator over the batches of num_steps steps, each A = micro_batches batches of
+    batch_size items stacked on a leading axis (gradient accumulation), shuffled by seed and
+    length-grouped; epochs follow each other as one stream. It has get_state / set_state.
+
+    lengths: per-item token length; collate(indices, shard=) -> batch dict (e.g.
+    functools.partial(collate_pairs, items, ...)); shard (i, n): this host's rows of every
+    global batch (sharding.process_block), see data/loader.plan_dataset.
     """
-
-    def __init__(self, lengths: Sequence[int], collate: Collate, *, batch_size: int,
-                 micro_batches: int = 1, seed: int = 0, shuffle: bool = True):
-        if len(lengths) == 0:
-            raise ValueError("cannot feed batches from an empty dataset")
-        self.lengths = np.asarray(lengths)
-        self.collate, self.batch_size, self.micro_batches = collate, batch_size, micro_batches
-        self.seed, self.shuffle = seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._plan_epoch, self._plan = None, None
-
-    def _epoch_plan(self):
-        if self._plan_epoch != self.epoch:
-            self._plan = plan_batches(self.lengths, self.batch_size, seed=self.seed,
-                                      epoch=self.epoch, shuffle=self.shuffle)
-            self._plan_epoch = self.epoch
-        return self._plan
-
-    def _next_batch(self) -> dict:
-        plan = self._epoch_plan()
-        if self.position >= len(plan):
-            self.epoch, self.position = self.epoch + 1, 0
-            plan = self._epoch_plan()
-        index = plan[self.position]
-        self.position += 1
-        return add_valid(self.collate(index))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        return stack_micro_batches([self._next_batch() for _ in range(self.micro_batches)])
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def set_state(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    if len(lengths) == 0:
+        raise ValueError("cannot feed batches from an empty dataset")
+    per_epoch = math.ceil(len(lengths) / batch_size)
+    epochs = max(1, math.ceil(num_steps * micro_batches / per_epoch))
+    ds = loader.plan_dataset(lengths, _ValidRows(collate), batch_size=batch_size, seed=seed,
+                             num_epochs=epochs, shard=shard)
+    steps = ds[: num_steps * micro_batches].batch(micro_batches, batch_fn=stack_micro_batches)
+    return iter(loader.read_ahead(steps))

@@ -8,10 +8,10 @@ from typing import Callable, Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from cwpo_jax import models
+from cwpo_jax import models, sharding
 from cwpo_jax.train import loop, optim, steps
 from cwpo_jax.train.checkpoint import Checkpointer
-from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.flops import count_params, mesh_peak_flops
 from cwpo_jax.train.hosts import log
 from cwpo_jax.train.metrics import MetricsLogger
@@ -26,10 +26,11 @@ def total_steps(train_cfg, num_items: int) -> int:
 
 def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, train_cfg, mesh,
         seed: int, workdir: str, name: str, trainable=nnx.Param, flops_per_token: float = 0.0):
-    """Train `model` on `task` over the items behind (lengths, collate) with the settings of
-    a train section (stages/defaults.train_section), sharded over `mesh`, batches shuffled by
-    `seed`; resumes from workdir/ckpt. Returns the trained model (LoRA still separate, layers
-    unstacked)."""
+    """Train `model` on `task` over the items behind (lengths, collate(index, shard=)) with the
+    settings of a train section (stages/defaults.train_section), sharded over `mesh`, batches
+    shuffled by `seed`; every process collates only its rows of each batch
+    (sharding.process_block). Resumes from workdir/ckpt. Returns the trained model (LoRA
+    still separate, layers unstacked)."""
     if train_cfg.scan_layers:
         model = models.stack_layers(model)
     num_steps = total_steps(train_cfg, len(lengths))
@@ -44,15 +45,16 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
     step_fn = steps.jit_train_step(
         steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule,
                               compute_dtype=compute), mesh, state_sh, frozen_sh)
-    feeder = EpochFeeder(lengths, collate, batch_size=train_cfg.batch_size // micro,
-                         micro_batches=micro, seed=seed)
+    batches = train_batches(lengths, collate, batch_size=train_cfg.batch_size // micro,
+                            num_steps=num_steps, micro_batches=micro, seed=seed,
+                            shard=sharding.process_block(mesh))
     log(name, f"{len(lengths)} examples, {num_steps} steps of {train_cfg.batch_size}, "
               f"{count_params(parts.params):,} trainable parameters")
     checkpointer = Checkpointer(os.path.join(workdir, "ckpt"), keep=train_cfg.keep_checkpoints)
     logger = MetricsLogger(workdir, name=name, total_steps=num_steps)
     try:
         state = loop.train(
-            step_fn=step_fn, state=state, frozen=frozen, batches=feeder, mesh=mesh,
+            step_fn=step_fn, state=state, frozen=frozen, batches=batches, mesh=mesh,
             config=loop.LoopConfig(num_steps=num_steps, log_every=train_cfg.log_every,
                                    save_every=train_cfg.save_every, name=name),
             checkpointer=checkpointer, logger=logger, flops_per_token=flops_per_token,

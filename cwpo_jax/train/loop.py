@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import jax
+import numpy as np
 
 from cwpo_jax import sharding
 from cwpo_jax.host_memory import release_freed_heap
@@ -28,7 +29,8 @@ class Preempted(Exception):
 
 
 class BatchIterator(Protocol):
-    """Host-local batches (dicts of numpy arrays, leading micro-batch axis) with resumable state."""
+    """This process's rows of each step's batch (dicts of numpy arrays, leading micro-batch
+    axis; sharding.shard_batch) with resumable state."""
 
     def __next__(self) -> dict: ...
 
@@ -96,6 +98,19 @@ def _forget_records_after(logger: MetricsLogger, step: int) -> None:
         logger.jsonl = open(f.name, "a", encoding="utf-8")  # noqa: SIM115  (the logger closes it)
 
 
+def _all_processes(real: int, padded: int, mesh) -> tuple[float, float]:
+    """Token counts of this process's rows -> of the global batches (summed over the processes
+    that supply distinct rows). Called at log steps only: it is a host sync."""
+    if jax.process_count() == 1:
+        return real, padded
+    from jax.experimental import multihost_utils
+
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([real, padded], np.float32)))
+    _, blocks = sharding.process_block(mesh)
+    total = counts.sum(axis=0) * blocks / jax.process_count()  # processes sharing a block
+    return float(total[0]), float(total[1])
+
+
 @dataclass
 class LoopConfig:
     num_steps: int
@@ -111,7 +126,8 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
           extra_state: Callable[[], dict] = dict):
     """Run until config.num_steps. Resumes from the newest checkpoint in `checkpointer` if any.
 
-    tokens_in_batch(batch) -> (real tokens, padded tokens) for throughput; MFU is
+    tokens_in_batch(batch) -> (real tokens, padded tokens) of this process's rows, for
+    throughput (summed over processes at log steps); MFU is
     flops_per_token * real tokens/s / peak_flops. Returns the final state.
     """
     step = 0
@@ -170,6 +186,7 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
                 release_freed_heap()  # what compiling the step freed (-180 MiB for SmolLM2)
             if step % config.log_every == 0 or step == config.num_steps:
                 record = read_pending()
+                window_tokens, window_padded = _all_processes(window_tokens, window_padded, mesh)
                 elapsed = time.perf_counter() - window_start
                 record["tokens_per_s"] = window_tokens / elapsed
                 record["padded_tokens_per_s"] = window_padded / elapsed

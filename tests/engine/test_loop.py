@@ -13,7 +13,7 @@ from cwpo_jax import losses, sharding
 from cwpo_jax.data.batching import collate_pairs
 from cwpo_jax.train import loop, optim, steps, tasks
 from cwpo_jax.train.checkpoint import Checkpointer
-from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.metrics import MetricsLogger
 from cwpo_jax.train.state import init_train_state, split_model
 
@@ -23,22 +23,32 @@ ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
 
 
-def collate(index):
-    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0)
+def collate(index, *, shard):
+    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0, shard=shard)
     idx = np.maximum(batch["pair_index"], 0)
     batch["ref_logps"] = np.concatenate([REF[idx], REF[20 + idx]])
     return batch
 
 
-class FaultyFeeder(EpochFeeder):
-    """While producing the batch of step `kill_at` sends SIGTERM to this process; the batch of
-    step `nan_at` gets NaN reference log-probs."""
+class FaultyFeeder:
+    """The loop's batches (train_batches) with faults: while producing the batch of step
+    `kill_at` sends SIGTERM to this process; the batch of step `nan_at` gets NaN reference
+    log-probs."""
 
     kill_at = nan_at = None
     produced = 0
 
+    def __init__(self, batches):
+        self.batches = batches
+
+    def get_state(self) -> dict:
+        return self.batches.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.batches.set_state(state)
+
     def __next__(self):
-        out = super().__next__()
+        out = next(self.batches)
         self.produced += 1
         if self.produced == self.kill_at:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -57,8 +67,8 @@ def run(workdir, num_steps, *, kill_at=None, nan_at=None, save_every=2, log_ever
     step = steps.jit_train_step(
         steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule),
         mesh, state_sh, frozen_sh)
-    feeder = FaultyFeeder([p.length for p in ITEMS], collate, batch_size=4, micro_batches=2,
-                          seed=3)
+    feeder = FaultyFeeder(train_batches([p.length for p in ITEMS], collate, batch_size=4,
+                                        num_steps=num_steps, micro_batches=2, seed=3))
     feeder.kill_at, feeder.nan_at = kill_at, nan_at
     ckpt = Checkpointer(os.path.join(workdir, "ckpt"), keep=2)
     logger = MetricsLogger(workdir, name="test", total_steps=num_steps, tensorboard=False)

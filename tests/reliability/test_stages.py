@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cwpo_jax import models
-from cwpo_jax.stages import (align, annotator, common, pair_passes, prepare, run_folder, score,
-                             sft)
+from cwpo_jax.stages import align, annotator, common, prepare, run_folder, score, sft
+from cwpo_jax.train import fit
 from cwpo_jax.train.loop import NonFiniteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,6 +34,32 @@ def tiny_config(output_dir):
 def run_until_score(cfg):
     for stage in (prepare, annotator, score):
         stage.run(cfg)
+
+
+class NanAtStep4:
+    """Training batches whose step 4 (both micro-batches) has NaN weights. Counted where the
+    loop takes them: grain's threads collate ahead of it, in any order."""
+
+    def __init__(self, batches):
+        self.batches, self.taken = batches, 0
+
+    def __next__(self):
+        batch = next(self.batches)
+        self.taken += 1
+        if self.taken == 4:
+            batch["weights"] = np.full_like(batch["weights"], np.nan)
+        return batch
+
+    def get_state(self):
+        return self.batches.get_state()
+
+    def set_state(self, state):
+        self.batches.set_state(state)
+
+
+def poison_step_4(monkeypatch):
+    real = fit.train_batches
+    monkeypatch.setattr(fit, "train_batches", lambda *a, **kw: NanAtStep4(real(*a, **kw)))
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +104,7 @@ def test_nan_in_an_align_batch_stops_with_step_and_resume_finishes(first_run, mo
                                                                    capfd):
     cfg = first_run
     stage = "align/weak_confidence"
-    real = pair_passes.collate_packed_pairs
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        batch = real(*args, **kwargs)
-        if "swap" in kwargs:  # training batches (the reference pass passes no swap)
-            calls["n"] += 1
-            if calls["n"] in (7, 8):  # both micro-batches of step 4
-                batch["weights"] = np.full_like(batch["weights"], np.nan)
-        return batch
-
-    monkeypatch.setattr(pair_passes, "collate_packed_pairs", poisoned)
+    poison_step_4(monkeypatch)
     ckpt_dir = run_folder.path(cfg, stage, "ckpt")
     with pytest.raises(NonFiniteError, match=rf"\[{stage}\] step 4: loss nan .* not finite; "
                                              rf"stopped without applying it. Last good "
@@ -202,17 +217,7 @@ def test_align_with_scan_layers_resumes_and_matches_unrolled(first_run, tmp_path
     scanned = _align_copy(first_run, tmp_path / "scanned", scan_layers=True)
     expected = align.run_method(plain, "weak_confidence")
 
-    real, calls = pair_passes.collate_packed_pairs, {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        batch = real(*args, **kwargs)
-        if "swap" in kwargs:
-            calls["n"] += 1
-            if calls["n"] in (7, 8):  # step 4 of the stacked run fails; checkpoint 2 remains
-                batch["weights"] = np.full_like(batch["weights"], np.nan)
-        return batch
-
-    monkeypatch.setattr(pair_passes, "collate_packed_pairs", poisoned)
+    poison_step_4(monkeypatch)  # step 4 of the stacked run fails; checkpoint 2 remains
     with pytest.raises(NonFiniteError):
         align.run_method(scanned, "weak_confidence")
     monkeypatch.undo()

@@ -30,7 +30,7 @@ from flax import nnx
 from cwpo_jax import losses, sharding
 from cwpo_jax.data.batching import collate_pairs
 from cwpo_jax.train import checkpoint, loop, optim, steps, tasks
-from cwpo_jax.train.feeder import EpochFeeder
+from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.metrics import MetricsLogger
 from cwpo_jax.train.state import init_train_state, split_model
 from tests.engine.toy import ToyLM, tokenized_pairs
@@ -39,8 +39,8 @@ ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
 
 
-def collate(index):
-    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0)
+def collate(index, *, shard):
+    batch = collate_pairs(ITEMS, index, batch_size=4, buckets=(8, 16), pad_id=0, shard=shard)
     idx = np.maximum(batch["pair_index"], 0)
     batch["ref_logps"] = np.concatenate([REF[idx], REF[20 + idx]])
     return batch
@@ -51,14 +51,26 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Feeder(EpochFeeder):
+class Feeder:
+    """The loop's batches (train_batches) with faults: SIGKILL after kill_after batches, NaN
+    reference log-probs in the batch of step nan_at."""
+
     kill_after = nan_at = None
     produced = 0
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def get_state(self) -> dict:
+        return self.batches.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.batches.set_state(state)
 
     def __next__(self):
         if self.kill_after is not None and self.produced == self.kill_after:
             die()
-        out = super().__next__()
+        out = next(self.batches)
         self.produced += 1
         if self.produced == self.nan_at:
             out["ref_logps"][:] = np.nan
@@ -110,7 +122,8 @@ def main(argv=None) -> int:
     step_fn = steps.jit_train_step(
         steps.make_train_step(parts.graphdef, task, optimizer, schedule=schedule),
         mesh, state_sh, frozen_sh)
-    feeder = Feeder([p.length for p in ITEMS], collate, batch_size=4, micro_batches=2, seed=3)
+    feeder = Feeder(train_batches([p.length for p in ITEMS], collate, batch_size=4,
+                                  num_steps=args.steps, micro_batches=2, seed=3))
     feeder.nan_at = args.nan_at
     if args.kill:
         where, at = args.kill.split(":")
