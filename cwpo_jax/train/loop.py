@@ -134,6 +134,13 @@ def train(*, step_fn: Callable, state, frozen, batches: BatchIterator, mesh, con
     latest = checkpointer.latest_step()
     if latest is not None:
         state, extra, step = checkpointer.restore(state)
+        if {"epoch", "position"} <= set(extra.get("data", {})):
+            # The in-memory feeder's state, from before the grain data path.
+            raise ValueError(
+                f"checkpoint {checkpointer.directory}/{step} stores data state "
+                f"{extra.get('data')!r}, not a grain iterator's (next_index): it was written "
+                "by an older cwpo_jax; finish that run with the version that started it, or "
+                "move the ckpt folder aside to restart this stage")
         batches.set_state(extra["data"])
         if jax.process_index() == 0:
             print(f"[{config.name}] resumed from {checkpointer.directory}/{step}", file=sys.stderr)

@@ -176,3 +176,13 @@ def test_loop_releases_freed_heap_before_and_after_the_first_step(tmp_path, monk
     events.clear()
     run(str(tmp_path), 4, save_every=2)  # resumes after step 3: the same two releases
     assert events == ["release", "batch", "release"]
+
+
+def test_checkpoint_from_the_in_memory_feeder_is_refused_clearly(tmp_path):
+    d = str(tmp_path)
+    state = run(d, 2, save_every=0)
+    ckpt = Checkpointer(os.path.join(d, "ckpt"))
+    ckpt.save(3, state, {"data": {"epoch": 0, "position": 3}})  # the pre-grain data state
+    ckpt.close()
+    with pytest.raises(ValueError, match=r"ckpt/3 stores data state .* older cwpo_jax"):
+        run(d, 8)
