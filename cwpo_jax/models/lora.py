@@ -95,7 +95,7 @@ def _set(model, path, value):
     setattr(parent, path[-1], value)
 
 
-def _layer_index(path) -> int | None:
+def layer_index(path) -> int | None:
     """The layer number in a module path (the first integer: layers.<i>.self_attn.q_proj)."""
     return next((p for p in path if isinstance(p, int)), None)
 
@@ -121,7 +121,7 @@ def apply_lora(model: nnx.Module, cfg: LoRAConfig, *, rngs: nnx.Rngs) -> nnx.Mod
     chosen = adapted_layers(model, cfg.layers)
     found = [(p, m) for p, m in _targets(model, layers.Linear, set(cfg.targets))
              if not isinstance(m, LoRALinear)
-             and (chosen is None or _layer_index(p) in chosen)]
+             and (chosen is None or layer_index(p) in chosen)]
     if not found:
         names = sorted({str(p[-1]) for p, _ in _targets(model, layers.Linear)})
         raise ValueError(f"LoRA targets {cfg.targets} match no Linear; available: {names}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cwpo_jax.models.lora import layer_index
 from cwpo_jax.train.metrics import measure_matmul_peak
 
 
@@ -26,10 +27,6 @@ def count_params(tree) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
 
 
-def _layer_index(path) -> int | None:
-    return next((p for p in path if isinstance(p, int)), None)
-
-
 def matmul_params(model, *, lm_head: bool, from_layer: int = 0) -> int:
     """Parameters that cost 2 FLOPs per token in a forward pass: all but lookup tables
     (token, position and type embeddings), plus the LM head's D x V when logits are computed
@@ -37,7 +34,7 @@ def matmul_params(model, *, lm_head: bool, from_layer: int = 0) -> int:
     layers below it."""
     total = 0
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        layer = _layer_index(path)
+        layer = layer_index(path)
         if layer is not None and layer < from_layer:
             continue
         if path[-1] != "embedding":  # the table of an Embed module: a lookup, no FLOPs
@@ -60,7 +57,7 @@ def train_flops_per_token(model, *, lm_head: bool, frozen_weights: bool,
     n = matmul_params(model, lm_head=lm_head, from_layer=first_layer)
     if not frozen_weights:
         return 6.0 * n
-    adapted = [_layer_index(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))]
+    adapted = [layer_index(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))]
     lowest = min((i for i in adapted if i is not None), default=0)
     return 2.0 * n + 2.0 * matmul_params(model, lm_head=lm_head,
                                          from_layer=max(lowest, first_layer))
