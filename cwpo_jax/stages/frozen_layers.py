@@ -18,7 +18,7 @@ from cwpo_jax.stages import common
 from cwpo_jax.stages.pair_passes import pair_batches
 from cwpo_jax.train.hosts import log
 from cwpo_jax.train.passes import batched_pass
-from cwpo_jax.train.tasks import packed_visibility
+from cwpo_jax.train.tasks import packed_hidden
 
 
 def supports_residual_input(model) -> bool:
@@ -32,15 +32,6 @@ def cache_bytes(tokenized, hidden_size: int) -> int:
     return tokens * hidden_size * 4
 
 
-def _bottom_layers(model, batch, *, stop_layer: int):
-    hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
-                              positions=batch["positions"],
-                              kv_valid=packed_visibility(batch["segment_ids"],
-                                                         batch["attention_mask"]),
-                              stop_layer=stop_layer)
-    return hidden
-
-
 def residuals(cfg, model, tokenized, tok, *, stop_layer: int, name: str) -> list[np.ndarray]:
     """Per pair, [prompt + chosen + rejected tokens, D]: the residual stream leaving layer
     stop_layer - 1 in the packed row layout (prompt, chosen, rejected), float32."""
@@ -48,7 +39,7 @@ def residuals(cfg, model, tokenized, tok, *, stop_layer: int, name: str) -> list
     collate, lengths = pair_batches(cfg, tokenized, tok)
     collate = functools.partial(collate, tokenized, batch_size=batch_size)
     out: list[np.ndarray | None] = [None] * len(tokenized)
-    fn = functools.partial(_bottom_layers, stop_layer=stop_layer)
+    fn = functools.partial(packed_hidden, stop_layer=stop_layer)
     for batch, hidden in batched_pass(model, fn, lengths=lengths, collate=collate,
                                       batch_size=batch_size, mesh=common.mesh_for(cfg),
                                       name=name, unit="pairs"):

@@ -41,6 +41,21 @@ def packed_visibility(segment_ids, attention_mask):
     return key_real & (same | (segment_ids == 0)[:, None, :])
 
 
+def packed_hidden(model, batch, *, start_layer: int = 0, stop_layer: int | None = None):
+    """Hidden states [B, L, D] of a packed pair batch: the final normed ones, or with stop_layer
+    the residual stream leaving layer stop_layer - 1; start_layer > 0 starts from
+    batch["residual"], the stream entering that layer."""
+    partial = {"start_layer": start_layer, "residual": batch["residual"]} if start_layer else {}
+    if stop_layer is not None:
+        partial["stop_layer"] = stop_layer
+    hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
+                              positions=batch["positions"],
+                              kv_valid=packed_visibility(batch["segment_ids"],
+                                                         batch["attention_mask"]),
+                              **partial)
+    return hidden
+
+
 def packed_response_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0):
     """Like response_logprobs for a packed pair batch: [2B] summed log-probs and counts.
 
@@ -48,12 +63,7 @@ def packed_response_logprobs(model, batch, *, chunk_size: int = 0, start_layer: 
     response token go through the LM head. start_layer > 0: batch["residual"] [B, L, D] is the
     residual stream entering that layer (the frozen layers below, run once beforehand).
     """
-    hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
-                              positions=batch["positions"],
-                              kv_valid=packed_visibility(batch["segment_ids"],
-                                                         batch["attention_mask"]),
-                              **({"start_layer": start_layer, "residual": batch["residual"]}
-                                 if start_layer else {}))
+    hidden = packed_hidden(model, batch, start_layer=start_layer)
     b, r = batch["input_ids"].shape[0], batch["response_ids"].shape[1]
     # Rows [:B] of response_source index pair b's chosen, rows [B:] its rejected.
     source = batch["response_source"].reshape(2, b, r).transpose(1, 0, 2).reshape(b, 2 * r)
