@@ -4,6 +4,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from cwpo_jax.data import collate_packed_sequences, pack_rows
 from cwpo_jax.models import reward_model_from_pretrained
@@ -14,10 +15,12 @@ ROW_LEN, MAX_SEGMENTS = 48, 5
 KEYS = ("input_ids", "attention_mask", "positions", "segment_ids")
 
 
-def random_sequences(n, vocab, seed=0, max_len=20):
+LENGTHS = (1, 4, 9, 20)  # few distinct lengths: each one is a compile of the one-sequence call
+
+
+def random_sequences(n, vocab, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.integers(1, vocab, rng.integers(1, max_len + 1)).astype(np.int32)
-            for _ in range(n)]
+    return [rng.integers(1, vocab, rng.choice(LENGTHS)).astype(np.int32) for _ in range(n)]
 
 
 def packed_scores(rm, sequences):
@@ -32,8 +35,15 @@ def packed_scores(rm, sequences):
     return scores
 
 
+@nnx.jit
+def _score_one(rm, ids):
+    return rm(ids)
+
+
 def alone_scores(rm, sequences):
-    return np.array([float(rm(jnp.asarray(s)[None])[0]) for s in sequences])
+    """Each sequence in its own call (no padding, no packing); jitted because eager mode
+    compiles every op once per sequence length."""
+    return np.array([float(_score_one(rm, jnp.asarray(s)[None])[0]) for s in sequences])
 
 
 CASES = [("bert_rm", {}), ("bert_rm", {"pooling": "mean"}), ("bert_rm", {"pooling": "cls"}),
