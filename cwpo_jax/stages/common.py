@@ -1,13 +1,19 @@
-"""What every stage derives from the config the same way: the mesh, the pair tokenizer and
-the length buckets of its batches."""
+"""What every stage derives from the config the same way: the mesh, the pair tokenizer, the
+token stores of its pairs and the length buckets of its batches."""
 from __future__ import annotations
 
 import functools
+import os
+
+import jax
 
 from cwpo_jax import sharding
+from cwpo_jax.data import token_store
 from cwpo_jax.data.batching import default_buckets
 from cwpo_jax.data.tokenize import PairTokenizer
+from cwpo_jax.stages import run_folder
 from cwpo_jax.stages.model_sources import TINY_CONFIGS  # noqa: F401  (imported from here too)
+from cwpo_jax.train.hosts import sync
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,6 +29,32 @@ def mesh_for(cfg):
 def pair_tokenizer(cfg, tokenizer) -> PairTokenizer:
     return PairTokenizer(tokenizer, max_prompt_len=cfg.data.max_prompt_len,
                          max_len=cfg.data.max_len)
+
+
+def pair_store(cfg, encoder: PairTokenizer, pairs) -> token_store.TokenStore:
+    """encoder.encode_pairs(pairs) as a memory-mapped token store under <run folder>/tokens."""
+    key = token_store.pairs_key(encoder, pairs)
+    return _shared_store(cfg, "pairs", key, lambda: encoder.encode_pairs(pairs), encoder)
+
+
+def sequence_store(cfg, encoder: PairTokenizer, prompts,
+                   responses) -> token_store.TokenStore:
+    """encoder.encode_sequences(prompts, responses) as a memory-mapped token store under
+    <run folder>/tokens."""
+    key = token_store.sequences_key(encoder, prompts, responses)
+    return _shared_store(cfg, "sequences", key,
+                         lambda: encoder.encode_sequences(prompts, responses), encoder)
+
+
+def _shared_store(cfg, kind: str, key: str, encode, encoder) -> token_store.TokenStore:
+    """Process 0 tokenises and writes the store unless it is there (a later stage or a rerun
+    with the same inputs reuses it); the others wait, then every process maps the same
+    folder (the run folder is shared, like the checkpoints)."""
+    directory = token_store.store_dir(run_folder.path(cfg, "tokens"), kind, key)
+    if jax.process_index() == 0:
+        token_store.ensure_store(directory, kind, encode, encoder)
+    sync(f"token store {os.path.basename(directory)}")
+    return token_store.TokenStore(directory)
 
 
 def buckets(cfg) -> tuple[int, ...]:
