@@ -68,12 +68,10 @@ def sequences_key(encoder: PairTokenizer, prompts, responses: Sequence[str]) -> 
 
 
 class TokenStore(Sequence):
-    """Read-only sequence of the items of a store folder (see the module docstring).
+    """Read-only sequence of the items of a store folder (see the module docstring), or of
+    some of them (select())."""
 
-    rows: the store's items this view holds, in order (None: all of them); select() makes one.
-    """
-
-    def __init__(self, directory: str, rows: np.ndarray | None = None):
+    def __init__(self, directory: str):
         with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
         self.directory = directory
@@ -88,7 +86,7 @@ class TokenStore(Sequence):
                     or offsets[0] != 0 or offsets[-1] != len(tokens)):
                 raise ValueError(f"token store {directory}: {name} arrays do not match meta.json")
             self._tokens[name], self._offsets[name] = tokens, offsets
-        self._rows = np.arange(meta["count"]) if rows is None else np.asarray(rows, np.int64)
+        self._rows = np.arange(meta["count"])  # the store's items this view holds, in order
 
     @property
     def key(self) -> str:
@@ -183,3 +181,39 @@ def ensure_store(directory: str, kind: str, encode: Callable[[], list],
 def store_dir(root: str, kind: str, key: str) -> str:
     """The folder of the store with this kind and key under root."""
     return os.path.join(root, f"{kind}-{key}")
+
+
+def part_dir(directory: str, index: int, count: int) -> str:
+    """The folder of slice `index` of `count` of the store in directory (merge_parts joins
+    them); hidden, so it is never taken for a store."""
+    parent, name = os.path.split(os.path.abspath(directory))
+    return os.path.join(parent, f".{name}.part-{index}-of-{count}")
+
+
+def merge_parts(directory: str, count: int) -> None:
+    """The complete stores part_dir(directory, 0..count-1), consecutive slices of one item
+    list, as one store in directory (the stats summed); then removes them. Streams each
+    part's ids into place, so memory holds one part's offsets at a time, never the ids."""
+    parts = [TokenStore(part_dir(directory, i, count)) for i in range(count)]
+    kind = parts[0].kind
+    for stale in stale_temp_dirs(directory):
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(directory) as tmp:
+        for field in KINDS[kind][1]:
+            tokens = [p._tokens[field] for p in parts]
+            starts = np.cumsum([0] + [len(t) for t in tokens])
+            with open(os.path.join(tmp, f"{field}.npy"), "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)),
+                          "fortran_order": False, "shape": (int(starts[-1]),)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for t in tokens:
+                    f.write(memoryview(np.ascontiguousarray(t)).cast("B"))
+            offsets = [p._offsets[field][1:] + start for p, start in zip(parts, starts)]
+            np.save(os.path.join(tmp, f"{field}_offsets.npy"),
+                    np.concatenate([np.zeros(1, np.int64), *offsets]))
+        stats = TokenizeStats(*np.sum([dataclasses.astuple(p.stats) for p in parts], 0).tolist())
+        write_json(os.path.join(tmp, "meta.json"),
+                   {"kind": kind, "count": sum(len(p) for p in parts),
+                    "stats": dataclasses.asdict(stats)})
+    for i in range(count):
+        shutil.rmtree(part_dir(directory, i, count), ignore_errors=True)

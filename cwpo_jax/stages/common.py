@@ -34,7 +34,8 @@ def pair_tokenizer(cfg, tokenizer) -> PairTokenizer:
 def pair_store(cfg, encoder: PairTokenizer, pairs) -> token_store.TokenStore:
     """encoder.encode_pairs(pairs) as a memory-mapped token store under <run folder>/tokens."""
     key = token_store.pairs_key(encoder, pairs)
-    return _shared_store(cfg, "pairs", key, lambda: encoder.encode_pairs(pairs), encoder)
+    return _shared_store(cfg, "pairs", key, len(pairs),
+                         lambda lo, hi: encoder.encode_pairs(pairs[lo:hi]), encoder)
 
 
 def sequence_store(cfg, encoder: PairTokenizer, prompts,
@@ -42,18 +43,29 @@ def sequence_store(cfg, encoder: PairTokenizer, prompts,
     """encoder.encode_sequences(prompts, responses) as a memory-mapped token store under
     <run folder>/tokens."""
     key = token_store.sequences_key(encoder, prompts, responses)
-    return _shared_store(cfg, "sequences", key,
-                         lambda: encoder.encode_sequences(prompts, responses), encoder)
+    return _shared_store(cfg, "sequences", key, len(prompts),
+                         lambda lo, hi: encoder.encode_sequences(prompts[lo:hi],
+                                                                 responses[lo:hi]), encoder)
 
 
-def _shared_store(cfg, kind: str, key: str, encode, encoder) -> token_store.TokenStore:
-    """Process 0 tokenises and writes the store unless it is there (a later stage or a rerun
-    with the same inputs reuses it); the others wait, then every process maps the same
-    folder (the run folder is shared, like the checkpoints)."""
+def _shared_store(cfg, kind: str, key: str, count: int, encode,
+                  encoder) -> token_store.TokenStore:
+    """The store of encode(0, count), written unless it is there (a later stage or a rerun with
+    the same inputs reuses it). With n processes each tokenises items [i*count/n,
+    (i+1)*count/n) into a part, process 0 joins the parts, then every process maps the one
+    folder (the run folder is shared, like the checkpoints). encode(lo, hi): items lo..hi-1."""
     directory = token_store.store_dir(run_folder.path(cfg, "tokens"), kind, key)
-    if jax.process_index() == 0:
-        token_store.ensure_store(directory, kind, encode, encoder)
-    sync(f"token store {os.path.basename(directory)}")
+    name = os.path.basename(directory)
+    if token_store.open_store(directory) is None:
+        i, n = jax.process_index(), jax.process_count()
+        lo, hi = i * count // n, (i + 1) * count // n
+        part = directory if n == 1 else token_store.part_dir(directory, i, n)
+        token_store.ensure_store(part, kind, lambda: encode(lo, hi), encoder)
+        if n > 1:
+            sync(f"token store parts {name}")
+            if i == 0:
+                token_store.merge_parts(directory, n)
+    sync(f"token store {name}")
     return token_store.TokenStore(directory)
 
 

@@ -217,3 +217,22 @@ def test_batches_from_the_store_equal_batches_from_the_items(tmp_path, pairs, ch
     got = collate_sequences(seq_store, index, weights=weights, **kw)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=f"sequences: {key}")
+
+
+@pytest.mark.parametrize("count", [1, 3, 20])
+def test_parts_tokenised_apart_merge_into_the_whole_store(tmp_path, pairs, chat_tokenizer,
+                                                          count):
+    """What n processes write (slice i into part_dir(directory, i, n)) merges into the store
+    of the whole list, stats included; 20 parts of fewer pairs leave some empty."""
+    whole = token_store.TokenStore(pair_store(encoder(chat_tokenizer), pairs, tmp_path / "one"))
+    directory = token_store.store_dir(str(tmp_path / "parts"), "pairs", whole.key)
+    for i in range(count):
+        enc = encoder(chat_tokenizer)
+        part = pairs[i * len(pairs) // count:(i + 1) * len(pairs) // count]
+        token_store.ensure_store(token_store.part_dir(directory, i, count), "pairs",
+                                 lambda: enc.encode_pairs(part), enc)
+    token_store.merge_parts(directory, count)
+    merged = token_store.TokenStore(directory)
+    assert_same_items(merged, list(whole))
+    assert merged.stats == whole.stats
+    assert os.listdir(tmp_path / "parts") == [os.path.basename(directory)]
