@@ -39,8 +39,9 @@ STAGE = "align"
 def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok, *, model=None,
                        start_layer: int = 0, residuals=None) -> tuple[np.ndarray, np.ndarray]:
     """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached.
-    tokenized: the pool's TokenStore (its key stands for its token ids). model: the reference model, if loaded; with start_layer and residuals the pass starts from
-    the frozen layers' cached output (one forward pass in all, not one and a part)."""
+    tokenized: the pool's TokenStore (its key stands for its token ids). model: the reference
+    model, if loaded; with start_layer and residuals the pass starts from the frozen layers'
+    cached output (one forward pass in all, not one and a part)."""
     key = hash_bytes(tokenized.key.encode(), hash_path(ref_path).encode(),
                      str(cfg.align.chunk_size).encode(),
                      b"packed" if cfg.align.packed_pairs else b"rows")
@@ -170,7 +171,7 @@ def _train(cfg, method: str, stage: str) -> dict:
         # the response share of the packed tokens (the loop counts packed tokens).
         body = train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights,
                                      first_layer=start_layer)
-        responses = int(items.field_lengths("chosen").sum() + items.field_lengths("rejected").sum())
+        responses = sum(int(items.field_lengths(f).sum()) for f in ("chosen", "rejected"))
         flops = body + (flops - body) * responses / int(pool_lengths[index].sum())
     model = fit(model, task, lengths=pool_lengths[index], collate=collate,
                 train_cfg=train, mesh=common.mesh_for(cfg), seed=cfg.seed,
