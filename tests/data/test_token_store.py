@@ -58,7 +58,8 @@ def test_round_trip_of_pairs_and_sequences(tmp_path, pairs, chat_tokenizer):
     want = encoder(chat_tokenizer).encode_pairs(pairs)
     store = token_store.TokenStore(pair_store(enc, pairs, tmp_path))
     assert_same_items(store, want)
-    assert isinstance(store[0].chosen, np.memmap)  # slices of the map, not copies
+    chosen = store[0].chosen  # a read-only slice of the map, not a copy
+    assert not chosen.flags.owndata and not chosen.flags.writeable
     np.testing.assert_array_equal(store.lengths, [p.length for p in want])
     for f in ("prompt", "chosen", "rejected"):
         np.testing.assert_array_equal(store.field_lengths(f), [len(getattr(p, f)) for p in want])
