@@ -9,9 +9,10 @@ Stages, each timed on its own, in one process:
 - read:     data.load_preferences(path, format="hh_rlhf"), parsing every transcript.
 - prepare:  stages/prepare.run (read again, split by prompt, write the splits, train the tiny
             word tokenizer), as the pipeline runs it.
-- tokenise: the unlabelled split through the stages' PairTokenizer (common.pair_tokenizer).
-- score:    stages/pair_passes.score_pairs with a random tiny:bert reward model (the score
-            stage's pass; packed rows as configs/tiny.py sets them).
+- tokenise: the unlabelled split into its token store, as the stages tokenise
+            (common.pair_store: the stages' PairTokenizer, written under the run folder).
+- score:    stages/pair_passes.score_pairs over that store with a random tiny:bert reward model
+            (the score stage's pass; packed rows as configs/tiny.py sets them).
 Peak RSS per stage: the kernel's high-water mark reset before the stage (process_memory), so
 each figure covers that stage alone on top of what earlier stages left resident. Prints one JSON
 line at the end.
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     tok = models.load_tokenizer(run_folder.path(cfg, "data", "tokenizer"))
     pairs = run_folder.load_split(cfg, "unlabelled")
     tokenized = timed("tokenise", results,
-                      lambda: common.pair_tokenizer(cfg, tok).encode_pairs(pairs))
+                      lambda: common.pair_store(cfg, common.pair_tokenizer(cfg, tok), pairs))
     rm = models.reward_model_from_pretrained(model_path(cfg, cfg.annotator.model), seed=cfg.seed)
     timed("score", results, lambda: score_pairs(cfg, rm, tokenized, tok, "score")[0])
     results["max_stage_peak_rss_mb"] = max(

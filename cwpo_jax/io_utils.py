@@ -5,14 +5,19 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it
+    os.umask(mask)
+    return mask
 
 
 def file_mode() -> int:
     """The mode open() gives a new file: 0666 less the umask."""
-    mask = os.umask(0o022)  # the only portable way to read the umask is to set it
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -34,6 +39,33 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """Yields a temp folder beside `path` to fill, then renames it over `path` (removing what
+    was there): readers see the old folder or the whole new one. On an error the temp folder
+    goes. Its name starts with "." + basename(path) + ".tmp-" (stale_temp_dirs finds it); it
+    gets the mode mkdir would give it (0777 less the umask), not mkdtemp's private 0700."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def stale_temp_dirs(path: str) -> list[str]:
+    """Temp folders atomic_dir(path) left behind (a killed writer)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return []
+    return [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f".{name}.tmp-")]
 
 
 def write_json(path: str, obj, *, sort_keys: bool = True) -> None:

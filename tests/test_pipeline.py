@@ -217,3 +217,36 @@ def test_align_from_cached_frozen_layers_equals_running_them(tiny_run, tmp_path,
     assert "align/frozen_layers" in capfd.readouterr().err  # the cache was built and used
     assert len(losses[4.0]) > 1
     np.testing.assert_allclose(losses[4.0], losses[0.0], rtol=1e-4)
+
+
+def test_stages_read_their_token_ids_from_the_run_folders_stores(tiny_run, tmp_path,
+                                                                 monkeypatch):
+    """Each tokenising stage left one complete store under tokens/ (align's methods share the
+    pool's); the score stage run again beside them tokenises nothing and writes the same
+    scores."""
+    from cwpo_jax.data import token_store
+    from cwpo_jax.data.tokenize import PairTokenizer
+    from cwpo_jax.stages import score
+
+    cfg, _ = tiny_run
+    tokens = os.path.join(cfg.output_dir, "tokens")
+    names = sorted(os.listdir(tokens))
+    assert all(token_store.open_store(os.path.join(tokens, n)) is not None for n in names)
+    # pairs: labelled, eval (annotator), unlabelled (score), the pool (align); sequences: sft
+    assert sorted(n.split("-")[0] for n in names) == ["pairs"] * 4 + ["sequences"]
+    out = tmp_path / "rerun"
+    out.mkdir()
+    for stage in ("data", "annotator", "tokens"):
+        os.symlink(os.path.join(cfg.output_dir, stage), out / stage)
+
+    def refuse(*args):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(PairTokenizer, "encode_pairs", refuse)
+    score.run(tiny_config(out))
+    again = scores.read_scores(os.path.join(out, "score", "scores.jsonl"))
+    first = scores.read_scores(os.path.join(cfg.output_dir, "score", "scores.jsonl"))
+    assert list(again["ids"]) == list(first["ids"])
+    for key in ("score_a", "score_b"):
+        np.testing.assert_allclose(again[key], first[key], rtol=1e-6, atol=1e-6)
+    assert sorted(os.listdir(tokens)) == names

@@ -28,7 +28,7 @@ Prompt       input_ids / attention_mask [B, T] left-padded (generation appends o
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -241,11 +241,28 @@ def pack_rows(lengths: Sequence[int], *, row_len: int, max_segments: int) -> lis
     return [np.asarray(r, np.int64) for r in rows]
 
 
-def pair_sequences(items: Sequence[TokenizedPair]) -> list[np.ndarray]:
+class PairSequences(Sequence):
     """prompt + chosen of every pair, then prompt + rejected: item k < N is pair k's chosen
-    sequence, item N + k its rejected one."""
-    return ([np.concatenate([p.prompt, p.chosen]) for p in items]
-            + [np.concatenate([p.prompt, p.rejected]) for p in items])
+    sequence, item N + k its rejected one. Lazy: an item is built when a batch reads it, so
+    the token ids stay where `items` keeps them (a token store maps them from disk)."""
+
+    def __init__(self, items: Sequence[TokenizedPair]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return 2 * len(self.items)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        n = len(self.items)
+        if not -2 * n <= k < 2 * n:
+            raise IndexError(k)
+        p = self.items[k % n]
+        return np.concatenate([p.prompt, p.chosen if k % (2 * n) < n else p.rejected])
+
+
+def pair_sequences(items: Sequence[TokenizedPair]) -> PairSequences:
+    """The sequences of the packed scoring pass (PairSequences)."""
+    return PairSequences(items)
 
 
 def collate_packed_sequences(

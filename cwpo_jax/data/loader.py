@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from cwpo_jax.data import batching
+from cwpo_jax.data import batching, token_store
 from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 
 
@@ -170,7 +170,7 @@ def pair_dataset(
         pad_id=pad_id, swap=swap, weights=weights
     )
     return plan_dataset(
-        [p.length for p in items],
+        token_store.item_lengths(items),
         collate,
         batch_size=batch_size,
         seed=seed,
@@ -203,7 +203,7 @@ def sequence_dataset(
     collate = functools.partial(batching.collate_sequences, items, batch_size=batch_size,
                                 buckets=tuple(buckets), pad_id=pad_id, weights=weights)
     return plan_dataset(
-        [s.length for s in items],
+        token_store.item_lengths(items),
         collate,
         batch_size=batch_size,
         seed=seed,

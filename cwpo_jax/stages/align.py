@@ -7,9 +7,10 @@ gold (evaluation.label_quality), from labels, weights and gold alone.
 Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
 + chosen + rejected, the prompt run once) and only response positions go through the LM head;
 the log-probs equal those of separate chosen/rejected rows (tests/engine/test_packed_pairs.py).
+The pool's token ids are a token store (data/token_store.py) under tokens/, memory-mapped.
 Reference log-probs come from one jitted pass over the pool,
-cached on disk under refcache/ by a content hash of (token ids, reference checkpoint), and reused
-by every method and rerun; the reference model is freed before training starts.
+cached on disk under refcache/ by a content hash of (the store's key, reference checkpoint),
+and reused by every method and rerun; the reference model is freed before training starts.
 """
 from __future__ import annotations
 
@@ -35,20 +36,13 @@ from cwpo_jax.train.hosts import log
 STAGE = "align"
 
 
-def _token_digest(tokenized) -> str:
-    chunks = []
-    for p in tokenized:
-        for arr in (p.prompt, p.chosen, p.rejected):
-            chunks.append(np.asarray(arr, np.int32).tobytes())
-    return hash_bytes(*chunks)
-
-
 def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok, *, model=None,
                        start_layer: int = 0, residuals=None) -> tuple[np.ndarray, np.ndarray]:
     """Summed reference log-probs of stored chosen and rejected responses, [N] each; cached.
-    model: the reference model, if loaded; with start_layer and residuals the pass starts from
-    the frozen layers' cached output (one forward pass in all, not one and a part)."""
-    key = hash_bytes(_token_digest(tokenized).encode(), hash_path(ref_path).encode(),
+    tokenized: the pool's TokenStore (its key stands for its token ids). model: the reference
+    model, if loaded; with start_layer and residuals the pass starts from the frozen layers'
+    cached output (one forward pass in all, not one and a part)."""
+    key = hash_bytes(tokenized.key.encode(), hash_path(ref_path).encode(),
                      str(cfg.align.chunk_size).encode(),
                      b"packed" if cfg.align.packed_pairs else b"rows")
     cache = run_folder.path(cfg, "refcache", f"{key}.npz")
@@ -126,10 +120,10 @@ def _train(cfg, method: str, stage: str) -> dict:
     tok = models.load_tokenizer(ref_path)
     pool, n_labelled = pool_pairs(cfg)
     ids = [p.id for p in pool]
-    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
+    tokenized = common.pair_store(cfg, common.pair_tokenizer(cfg, tok), pool)
     swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
     index = np.flatnonzero(keep)
-    items = [tokenized[i] for i in index]
+    items = tokenized.select(index)
     pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
     sel_swap, sel_weight = swap[index], weight[index]
     train = cfg.align.train
@@ -177,9 +171,9 @@ def _train(cfg, method: str, stage: str) -> dict:
         # the response share of the packed tokens (the loop counts packed tokens).
         body = train_flops_per_token(model, lm_head=False, frozen_weights=frozen_weights,
                                      first_layer=start_layer)
-        responses = sum(len(p.chosen) + len(p.rejected) for p in items)
-        flops = body + (flops - body) * responses / sum(pool_lengths[i] for i in index)
-    model = fit(model, task, lengths=[pool_lengths[i] for i in index], collate=collate,
+        responses = sum(int(items.field_lengths(f).sum()) for f in ("chosen", "rejected"))
+        flops = body + (flops - body) * responses / int(pool_lengths[index].sum())
+    model = fit(model, task, lengths=pool_lengths[index], collate=collate,
                 train_cfg=train, mesh=common.mesh_for(cfg), seed=cfg.seed,
                 workdir=run_folder.path(cfg, stage), name=stage, trainable=trainable,
                 flops_per_token=flops)
@@ -211,7 +205,7 @@ def _frozen_residuals(cfg, model, tokenized, tok):
         log(STAGE, f"the output of frozen layers 0-{start - 1} would take {size / 2**30:.1f} "
                    f"GB > align.frozen_cache_gb; they run at every step")
         return 0, None
-    key = (_token_digest(tokenized), hash_path(reference_path(cfg)), start)
+    key = (tokenized.key, hash_path(reference_path(cfg)), start)
     if key not in _RESIDUALS:
         _RESIDUALS.clear()
         _RESIDUALS[key] = frozen_layers.residuals(cfg, model, tokenized, tok, stop_layer=start,

@@ -34,23 +34,24 @@ def run(cfg) -> dict:
     pooling = {"pooling": cfg.annotator.pooling} if cfg.annotator.pooling else {}
     rm = models.reward_model_from_pretrained(source, seed=cfg.seed, **pooling)
     encode = common.pair_tokenizer(cfg, tok)
-    labelled = encode.encode_pairs(run_folder.load_split(cfg, "labelled"))
+    labelled = common.pair_store(cfg, encode, run_folder.load_split(cfg, "labelled"))
     collate = functools.partial(collate_pairs, labelled, buckets=common.buckets(cfg),
                                 pad_id=pad_id(tok),
                                 batch_size=cfg.annotator.train.batch_size
                                 // cfg.annotator.train.micro_batches)
     # A frozen backbone trains the scalar head only: a linear probe on the backbone's features.
     full = cfg.annotator.train_backbone
-    rm = fit(rm, tasks.reward_task, lengths=[p.length for p in labelled], collate=collate,
+    rm = fit(rm, tasks.reward_task, lengths=labelled.lengths, collate=collate,
              train_cfg=cfg.annotator.train, mesh=common.mesh_for(cfg), seed=cfg.seed,
              workdir=run_folder.path(cfg, STAGE), name=STAGE,
              trainable=nnx.Param if full else nnx.All(nnx.Param, nnx.PathContains("score")),
              flops_per_token=train_flops_per_token(rm, lm_head=False, frozen_weights=not full))
     eval_pairs = run_folder.load_split(cfg, "eval")
     summary = {"model": cfg.annotator.model, "labelled_pairs": len(labelled),
-               "tokenize": str(encode.stats)}
+               "tokenize": str(labelled.stats)}
     if eval_pairs:
-        a, b = score_pairs(cfg, rm, encode.encode_pairs(eval_pairs), tok, STAGE + "/eval")
+        a, b = score_pairs(cfg, rm, common.pair_store(cfg, encode, eval_pairs), tok,
+                           STAGE + "/eval")
         summary["heldout_accuracy_vs_human"] = label_accuracy(a >= b, np.ones(len(a), bool))
         log(STAGE, f"held-out accuracy vs human labels: "
                    f"{summary['heldout_accuracy_vs_human']:.1%} on {len(a)} pairs")

@@ -1,13 +1,19 @@
-"""What every stage derives from the config the same way: the mesh, the pair tokenizer and
-the length buckets of its batches."""
+"""What every stage derives from the config the same way: the mesh, the pair tokenizer, the
+token stores of its pairs and the length buckets of its batches."""
 from __future__ import annotations
 
 import functools
+import os
+
+import jax
 
 from cwpo_jax import sharding
+from cwpo_jax.data import token_store
 from cwpo_jax.data.batching import default_buckets
 from cwpo_jax.data.tokenize import PairTokenizer
+from cwpo_jax.stages import run_folder
 from cwpo_jax.stages.model_sources import TINY_CONFIGS  # noqa: F401  (imported from here too)
+from cwpo_jax.train.hosts import sync
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,6 +29,44 @@ def mesh_for(cfg):
 def pair_tokenizer(cfg, tokenizer) -> PairTokenizer:
     return PairTokenizer(tokenizer, max_prompt_len=cfg.data.max_prompt_len,
                          max_len=cfg.data.max_len)
+
+
+def pair_store(cfg, encoder: PairTokenizer, pairs) -> token_store.TokenStore:
+    """encoder.encode_pairs(pairs) as a memory-mapped token store under <run folder>/tokens."""
+    key = token_store.pairs_key(encoder, pairs)
+    return _shared_store(cfg, "pairs", key, len(pairs),
+                         lambda lo, hi: encoder.encode_pairs(pairs[lo:hi]), encoder)
+
+
+def sequence_store(cfg, encoder: PairTokenizer, prompts,
+                   responses) -> token_store.TokenStore:
+    """encoder.encode_sequences(prompts, responses) as a memory-mapped token store under
+    <run folder>/tokens."""
+    key = token_store.sequences_key(encoder, prompts, responses)
+    return _shared_store(cfg, "sequences", key, len(prompts),
+                         lambda lo, hi: encoder.encode_sequences(prompts[lo:hi],
+                                                                 responses[lo:hi]), encoder)
+
+
+def _shared_store(cfg, kind: str, key: str, count: int, encode,
+                  encoder) -> token_store.TokenStore:
+    """The store of encode(0, count), written unless it is there (a later stage or a rerun with
+    the same inputs reuses it). With n processes each tokenises items [i*count/n,
+    (i+1)*count/n) into a part, process 0 joins the parts, then every process maps the one
+    folder (the run folder is shared, like the checkpoints). encode(lo, hi): items lo..hi-1."""
+    directory = token_store.store_dir(run_folder.path(cfg, "tokens"), kind, key)
+    name = os.path.basename(directory)
+    if token_store.open_store(directory) is None:
+        i, n = jax.process_index(), jax.process_count()
+        lo, hi = i * count // n, (i + 1) * count // n
+        part = directory if n == 1 else token_store.part_dir(directory, i, n)
+        token_store.ensure_store(part, kind, lambda: encode(lo, hi), encoder)
+        if n > 1:
+            sync(f"token store parts {name}")
+            if i == 0:
+                token_store.merge_parts(directory, n)
+    sync(f"token store {name}")
+    return token_store.TokenStore(directory)
 
 
 def buckets(cfg) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import inspect
 
 import numpy as np
 
+from cwpo_jax.data.token_store import field_lengths
 from cwpo_jax.stages import common
 from cwpo_jax.stages.pair_passes import pair_batches
 from cwpo_jax.train.hosts import log
@@ -28,7 +29,7 @@ def supports_residual_input(model) -> bool:
 
 def cache_bytes(tokenized, hidden_size: int) -> int:
     """Host memory of the cached residual stream of every packed pair row, float32."""
-    tokens = sum(len(p.prompt) + len(p.chosen) + len(p.rejected) for p in tokenized)
+    tokens = sum(int(field_lengths(tokenized, f).sum()) for f in ("prompt", "chosen", "rejected"))
     return tokens * hidden_size * 4
 
 

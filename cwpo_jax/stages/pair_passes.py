@@ -18,6 +18,7 @@ from cwpo_jax.data.batching import (
     pack_rows,
     pair_sequences,
 )
+from cwpo_jax.data.token_store import field_lengths, item_lengths
 from cwpo_jax.data.tokenize import pad_id
 from cwpo_jax.stages import common
 from cwpo_jax.train import tasks
@@ -39,7 +40,7 @@ def score_pairs(cfg, rm, tokenized, tok, name: str):
                                 buckets=common.buckets(cfg), pad_id=pad_id(tok))
     score_a = np.full(len(tokenized), np.nan)
     score_b = np.full(len(tokenized), np.nan)
-    for batch, scores in batched_pass(rm, _padded_scores, lengths=[p.length for p in tokenized],
+    for batch, scores in batched_pass(rm, _padded_scores, lengths=item_lengths(tokenized),
                                       collate=collate, batch_size=cfg.score.batch_size,
                                       mesh=common.mesh_for(cfg), name=name, unit="pairs"):
         half = len(scores) // 2
@@ -69,9 +70,11 @@ def packed_plan(cfg, tokenized):
     2 x score.batch_size rows per batch (as many as the padded layout's; fewer when all fit),
     rounded up to a multiple of the data-parallel size."""
     sequences = pair_sequences(tokenized)
-    row_len = bucket_length(max((len(s) for s in sequences), default=1), common.buckets(cfg))
-    rows = pack_rows([len(s) for s in sequences], row_len=row_len,
-                     max_segments=cfg.score.max_segments)
+    prompts = field_lengths(tokenized, "prompt")
+    lengths = np.concatenate([prompts + field_lengths(tokenized, "chosen"),
+                              prompts + field_lengths(tokenized, "rejected")])
+    row_len = bucket_length(int(lengths.max(initial=1)), common.buckets(cfg))
+    rows = pack_rows(lengths, row_len=row_len, max_segments=cfg.score.max_segments)
     divisor = sharding.batch_divisor(common.mesh_for(cfg))
     batch_rows = -(-min(2 * cfg.score.batch_size, max(len(rows), 1)) // divisor) * divisor
     return sequences, rows, row_len, batch_rows
@@ -99,7 +102,7 @@ def _round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def pair_batches(cfg, pool, tok) -> tuple[Callable, list[int]]:
+def pair_batches(cfg, pool, tok) -> tuple[Callable, np.ndarray]:
     """(collate(items, index, batch_size=, swap=, weights=), row length of each pool pair).
 
     Shapes come from the whole pool, so every method and the reference pass share compiled
@@ -109,11 +112,12 @@ def pair_batches(cfg, pool, tok) -> tuple[Callable, list[int]]:
     if not cfg.align.packed_pairs:
         collate = functools.partial(collate_pairs, buckets=common.buckets(cfg),
                                     pad_id=pad_id(tok))
-        return collate, [p.length for p in pool]
-    lengths = [len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pool]
-    longest_response = max((max(len(p.chosen), len(p.rejected)) for p in pool), default=1)
+        return collate, item_lengths(pool)
+    chosen, rejected = field_lengths(pool, "chosen"), field_lengths(pool, "rejected")
+    lengths = field_lengths(pool, "prompt") + chosen + rejected
+    longest_response = int(np.maximum(chosen, rejected).max(initial=1))
     collate = functools.partial(
-        collate_packed_pairs, buckets=default_buckets(_round_up(max(lengths, default=1), 8)),
+        collate_packed_pairs, buckets=default_buckets(_round_up(int(lengths.max(initial=1)), 8)),
         response_len=_round_up(longest_response, 8), pad_id=pad_id(tok))
     return collate, lengths
 

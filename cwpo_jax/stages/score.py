@@ -44,7 +44,7 @@ def run(cfg) -> dict:
     tok = models.load_tokenizer(model_dir)
     rm = models.reward_model_from_pretrained(model_dir)
     pairs = run_folder.load_split(cfg, "unlabelled")
-    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
+    tokenized = common.pair_store(cfg, common.pair_tokenizer(cfg, tok), pairs)
     start = time.perf_counter()
     score_a, score_b = score_pairs(cfg, rm, tokenized, tok, STAGE)
     seconds = time.perf_counter() - start

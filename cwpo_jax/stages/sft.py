@@ -31,17 +31,18 @@ def run(cfg) -> dict:
     model = models.from_pretrained(source)
     pairs = run_folder.load_split(cfg, "labelled") + run_folder.load_split(cfg, "unlabelled")
     encode = common.pair_tokenizer(cfg, tok)
-    items = encode.encode_sequences([p.prompt for p in pairs], [p.chosen for p in pairs])
+    items = common.sequence_store(cfg, encode, [p.prompt for p in pairs],
+                                  [p.chosen for p in pairs])
     train = cfg.sft.train
     collate = functools.partial(collate_sequences, items, buckets=common.buckets(cfg),
                                 pad_id=pad_id(tok),
                                 batch_size=train.batch_size // train.micro_batches)
     model = fit(model, functools.partial(tasks.sft_task, chunk_size=cfg.sft.chunk_size),
-                lengths=[s.length for s in items], collate=collate, train_cfg=train,
+                lengths=items.lengths, collate=collate, train_cfg=train,
                 mesh=common.mesh_for(cfg), seed=cfg.seed, workdir=run_folder.path(cfg, STAGE),
                 name=STAGE, flops_per_token=train_flops_per_token(model, lm_head=True,
                                                                   frozen_weights=False))
     out = run_folder.path(cfg, STAGE, "model")
     models.save_pretrained(model, out, tokenizer=tok)
     return {"reference": out, "trained": True, "sequences": len(items),
-            "tokenize": str(encode.stats)}
+            "tokenize": str(items.stats)}

@@ -5,8 +5,14 @@ import functools
 import numpy as np
 import pytest
 
-from cwpo_jax.data.batching import collate_pairs, plan_batches
-from cwpo_jax.train.feeder import add_valid, stack_micro_batches, train_batches
+from cwpo_jax.data.batching import (
+    collate_packed_pairs,
+    collate_pairs,
+    collate_sequences,
+    plan_batches,
+)
+from cwpo_jax.data.tokenize import TokenizedSequence
+from cwpo_jax.train.feeder import add_valid, count_tokens, stack_micro_batches, train_batches
 
 from tests.engine.toy import tokenized_pairs
 
@@ -60,3 +66,30 @@ def test_resume_from_state_continues_with_the_next_step():
 def test_empty_dataset_is_refused():
     with pytest.raises(ValueError, match="empty"):
         train_batches([], collate, batch_size=3, num_steps=1)
+
+
+SHARD_COLLATES = {
+    "pairs": (LENGTHS, functools.partial(collate_pairs, ITEMS, batch_size=6, buckets=(8, 16),
+                                         pad_id=0)),
+    "packed pairs": ([len(p.prompt) + len(p.chosen) + len(p.rejected) for p in ITEMS],
+                     functools.partial(collate_packed_pairs, ITEMS, batch_size=6,
+                                       buckets=(8, 16, 24), response_len=8, pad_id=0)),
+    "sequences": (LENGTHS, functools.partial(
+        collate_sequences, [TokenizedSequence(p.prompt, p.chosen) for p in ITEMS],
+        batch_size=6, buckets=(8, 16), pad_id=0)),
+}
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+@pytest.mark.parametrize("layout", SHARD_COLLATES)
+def test_token_counts_of_the_processes_sum_to_the_global_count(layout, hosts):
+    """What the loop sums over processes (count_tokens of each one's rows of every step)
+    equals the count of the global batches a single process reads."""
+    lengths, collate = SHARD_COLLATES[layout]
+    kw = dict(batch_size=6, num_steps=5, micro_batches=2, seed=3)
+    whole = [count_tokens(b) for b in train_batches(lengths, collate, **kw)]
+    parts = [[count_tokens(b) for b in train_batches(lengths, collate, shard=(h, hosts), **kw)]
+             for h in range(hosts)]
+    assert whole[0][0] > 0
+    for step, total in enumerate(whole):
+        assert tuple(np.sum([p[step] for p in parts], axis=0)) == total, step

@@ -127,7 +127,7 @@ def _reference_inputs(cfg):
     ref_path = run_folder.reference_path(cfg)
     tok = models.load_tokenizer(ref_path)
     pool = run_folder.load_split(cfg, "labelled") + run_folder.load_split(cfg, "unlabelled")
-    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pool)
+    tokenized = common.pair_store(cfg, common.pair_tokenizer(cfg, tok), pool)
     return [p.id for p in pool], tokenized, ref_path, tok
 
 
