@@ -232,8 +232,10 @@ def test_stages_read_their_token_ids_from_the_run_folders_stores(tiny_run, tmp_p
     tokens = os.path.join(cfg.output_dir, "tokens")
     names = sorted(os.listdir(tokens))
     assert all(token_store.open_store(os.path.join(tokens, n)) is not None for n in names)
-    # pairs: labelled, eval (annotator), unlabelled (score), the pool (align); sequences: sft
-    assert sorted(n.split("-")[0] for n in names) == ["pairs"] * 4 + ["sequences"]
+    # pairs: labelled, eval (annotator), unlabelled (score), the pool (align), the movement
+    # passes (the reference's, one per policy); sequences: sft
+    movement = 1 + len(cfg.align.methods)
+    assert sorted(n.split("-")[0] for n in names) == ["pairs"] * (4 + movement) + ["sequences"]
     out = tmp_path / "rerun"
     out.mkdir()
     for stage in ("data", "annotator", "tokens"):

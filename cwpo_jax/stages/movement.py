@@ -63,8 +63,8 @@ def _sample_pairs(prompts, policy_texts, ref_texts, k: int) -> list[PreferencePa
 
 
 def _logprobs(cfg, model_path: str, pairs, tok, name: str):
-    tokenized = common.pair_tokenizer(cfg, tok).encode_pairs(pairs)
-    return pair_logprobs_pass(cfg, models.from_pretrained(model_path), tokenized, tok, name=name)
+    store = common.pair_store(cfg, common.pair_tokenizer(cfg, tok), pairs)
+    return pair_logprobs_pass(cfg, models.from_pretrained(model_path), store, tok, name=name)
 
 
 def student_movement(cfg, prompts, k: int, ref_path: str, ref_texts,
