@@ -30,6 +30,8 @@ NON_ATOMIC_ALLOWED = {
     "cwpo_jax/models/checkpoint_hf.py": "save_pretrained writes a model folder (config.json, "
                                         "model.safetensors); stages write their done.json after "
                                         "it, so a half-written folder is never used",
+    "cwpo_jax/data/token_store.py": "merge_parts streams ids into a file of a temporary folder "
+                                    "that io_utils.atomic_dir renames into place when complete",
 }
 
 
