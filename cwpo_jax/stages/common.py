@@ -48,23 +48,34 @@ def sequence_store(cfg, encoder: PairTokenizer, prompts,
                                                                  responses[lo:hi]), encoder)
 
 
+# Items tokenised and written at a time: the writing process holds one chunk's token ids as
+# Python objects, never the split's.
+STORE_CHUNK = 8192
+
+
 def _shared_store(cfg, kind: str, key: str, count: int, encode,
                   encoder) -> token_store.TokenStore:
     """The store of encode(0, count), written unless it is there (a later stage or a rerun with
-    the same inputs reuses it). With n processes each tokenises items [i*count/n,
-    (i+1)*count/n) into a part, process 0 joins the parts, then every process maps the one
-    folder (the run folder is shared, like the checkpoints). encode(lo, hi): items lo..hi-1."""
+    the same inputs reuses it). The items are cut into ceil(count / STORE_CHUNK) consecutive
+    chunks; process i of n tokenises chunks i, i + n, ... each into a part, a barrier, process
+    0 joins the parts, then every process maps the one folder (the run folder is shared, like
+    the checkpoints). One chunk is written in place. encode(lo, hi): items lo..hi-1."""
     directory = token_store.store_dir(run_folder.path(cfg, "tokens"), kind, key)
     name = os.path.basename(directory)
     if token_store.open_store(directory) is None:
         i, n = jax.process_index(), jax.process_count()
-        lo, hi = i * count // n, (i + 1) * count // n
-        part = directory if n == 1 else token_store.part_dir(directory, i, n)
-        token_store.ensure_store(part, kind, lambda: encode(lo, hi), encoder)
-        if n > 1:
+        chunks = max(1, -(-count // STORE_CHUNK))
+        if chunks == 1:
+            if i == 0:
+                token_store.ensure_store(directory, kind, lambda: encode(0, count), encoder)
+        else:
+            for c in range(i, chunks, n):
+                lo, hi = c * count // chunks, (c + 1) * count // chunks
+                token_store.ensure_store(token_store.part_dir(directory, c, chunks), kind,
+                                         lambda: encode(lo, hi), encoder)  # called at once
             sync(f"token store parts {name}")
             if i == 0:
-                token_store.merge_parts(directory, n)
+                token_store.merge_parts(directory, chunks)
     sync(f"token store {name}")
     return token_store.TokenStore(directory)
 

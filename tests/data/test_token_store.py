@@ -169,6 +169,28 @@ def test_the_stages_helper_tokenises_once(tmp_path, pairs, chat_tokenizer):
     assert_same_items(seq, encoder(chat_tokenizer).encode_sequences(prompts, responses))
 
 
+def test_the_stages_helper_writes_a_long_split_in_chunks(tmp_path, pairs, chat_tokenizer,
+                                                        monkeypatch):
+    """Above common.STORE_CHUNK items the split is tokenised a chunk at a time (no call sees
+    more) into parts that join into the store one call would write; no part is left."""
+    sizes = []
+
+    class ChunkEncoder(PairTokenizer):
+        def encode_pairs(self, chunk):
+            sizes.append(len(chunk))
+            return super().encode_pairs(chunk)
+
+    monkeypatch.setattr(common, "STORE_CHUNK", 3)
+    cfg = types.SimpleNamespace(output_dir=str(tmp_path))
+    store = common.pair_store(cfg, ChunkEncoder(chat_tokenizer, max_prompt_len=24, max_len=40),
+                              pairs)
+    assert len(pairs) > 6 and max(sizes) <= 3 and sum(sizes) == len(pairs)
+    whole = encoder(chat_tokenizer)
+    assert_same_items(store, whole.encode_pairs(pairs))
+    assert store.stats == whole.stats  # the parts' counts summed
+    assert os.listdir(os.path.join(str(tmp_path), "tokens")) == [os.path.basename(store.directory)]
+
+
 @pytest.mark.parametrize("shard", SHARDS)
 def test_batches_from_the_store_equal_batches_from_the_items(tmp_path, pairs, chat_tokenizer,
                                                              shard):
@@ -237,3 +259,43 @@ def test_parts_tokenised_apart_merge_into_the_whole_store(tmp_path, pairs, chat_
     assert_same_items(merged, list(whole))
     assert merged.stats == whole.stats
     assert os.listdir(tmp_path / "parts") == [os.path.basename(directory)]
+
+
+def _worker_env():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env, root
+
+
+@pytest.mark.slow
+def test_two_processes_tokenise_their_chunks_into_the_one_process_store(tmp_path,
+                                                                          chat_tokenizer):
+    """Two jax.distributed processes (chunks of 3 items) split the tokenising between them and
+    leave the store one process writes, with no part folder behind."""
+    import subprocess
+    import sys
+
+    import portpicker
+
+    tok_dir = str(tmp_path / "tokenizer")
+    chat_tokenizer.save_pretrained(tok_dir)
+    env, root = _worker_env()
+    worker = [sys.executable, "-m", "tests.data.store_worker"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(worker + [str(one), tok_dir], env=env, cwd=root, check=True, timeout=300)
+    port = str(portpicker.pick_unused_port())
+    procs = [subprocess.Popen(worker + [str(two), tok_dir, str(i), "2", port], env=env, cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, out[-3000:]
+    single = json.loads((one / "calls-0.json").read_text())
+    calls = [json.loads((two / f"calls-{i}.json").read_text()) for i in range(2)]
+    assert all(c["sizes"] and max(c["sizes"]) <= 3 for c in calls)  # both tokenised chunks
+    assert sum(sum(c["sizes"]) for c in calls) == single["items"] == sum(single["sizes"])
+    assert calls[0]["store"] == calls[1]["store"] == single["store"]
+    assert os.listdir(two / "tokens") == [single["store"]]
+    assert_same_items(token_store.TokenStore(str(two / "tokens" / single["store"])),
+                      list(token_store.TokenStore(str(one / "tokens" / single["store"]))))
