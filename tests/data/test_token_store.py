@@ -43,6 +43,14 @@ def pair_store(enc, pairs, root):
     return directory
 
 
+def sequence_store(enc, prompts, responses, root):
+    directory = token_store.store_dir(str(root), "sequences",
+                                      token_store.sequences_key(enc, prompts, responses))
+    token_store.ensure_store(directory, "sequences",
+                             lambda: enc.encode_sequences(prompts, responses), enc)
+    return directory
+
+
 def assert_same_items(got, want):
     assert len(got) == len(want)
     for a, b in zip(got, want):
@@ -74,12 +82,8 @@ def test_round_trip_of_pairs_and_sequences(tmp_path, pairs, chat_tokenizer):
     assert_same_items(view.select([1]), [want[0]])
 
     prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs]
-    seq = encoder(chat_tokenizer)
-    directory = token_store.store_dir(str(tmp_path), "sequences",
-                                      token_store.sequences_key(seq, prompts, responses))
-    token_store.ensure_store(directory, "sequences",
-                             lambda: seq.encode_sequences(prompts, responses), seq)
-    sequences = token_store.TokenStore(directory)
+    sequences = token_store.TokenStore(
+        sequence_store(encoder(chat_tokenizer), prompts, responses, tmp_path))
     want_seq = encoder(chat_tokenizer).encode_sequences(prompts, responses)
     assert_same_items(sequences, want_seq)
     np.testing.assert_array_equal(sequences.lengths, [s.length for s in want_seq])
@@ -230,12 +234,8 @@ def test_batches_from_the_store_equal_batches_from_the_items(tmp_path, pairs, ch
 
     prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs]
     seq_items = encoder(chat_tokenizer).encode_sequences(prompts, responses)
-    seq_enc = encoder(chat_tokenizer)
-    directory = token_store.store_dir(str(tmp_path), "sequences",
-                                      token_store.sequences_key(seq_enc, prompts, responses))
-    token_store.ensure_store(directory, "sequences",
-                             lambda: seq_enc.encode_sequences(prompts, responses), seq_enc)
-    seq_store = token_store.TokenStore(directory)
+    seq_store = token_store.TokenStore(
+        sequence_store(encoder(chat_tokenizer), prompts, responses, tmp_path))
     want = collate_sequences(seq_items, index, weights=weights, **kw)
     got = collate_sequences(seq_store, index, weights=weights, **kw)
     for key in want:
