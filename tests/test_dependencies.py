@@ -1,5 +1,5 @@
 """pyproject's `full` extra lists every third-party package the code imports, each pinned in
-requirements.txt; results files get the umask's mode."""
+requirements.txt; results files and atomically written folders get the umask's mode."""
 import ast
 import glob
 import importlib.metadata
@@ -8,8 +8,11 @@ import re
 import stat
 import sys
 import tomllib
+from pathlib import Path
 
-from cwpo_jax.io_utils import atomic_open
+import pytest
+
+from cwpo_jax.io_utils import atomic_dir, atomic_open
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST_PARTY = {"cwpo_jax", "_cli"}  # launch/_cli.py is imported as a sibling module
@@ -67,3 +70,23 @@ def test_atomic_open_gives_the_umask_mode(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode) == 0o640
+
+
+def test_atomic_dir_gives_the_umask_mode_and_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "store"
+    previous = os.umask(0o027)
+    try:
+        with atomic_dir(str(target)) as tmp:
+            (Path(tmp) / "a.npy").write_bytes(b"old")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o750  # mkdtemp alone gives 0700
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_dir(str(target)) as tmp:
+            (Path(tmp) / "a.npy").write_bytes(b"new, half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(os.listdir(tmp_path)) == ["store"]  # no temporary folder left
+    assert (target / "a.npy").read_bytes() == b"old"
+    with atomic_dir(str(target)) as tmp:
+        (Path(tmp) / "b.npy").write_bytes(b"new")
+    assert sorted(os.listdir(target)) == ["b.npy"]  # the old folder is gone, not merged
