@@ -132,6 +132,7 @@ def batch_divisor(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+@functools.lru_cache(maxsize=16)  # shard_batch asks at every step; a mesh never changes
 def process_block(mesh: Mesh) -> tuple[int, int]:
     """(i, n): this process's devices hold block i of n equal, contiguous blocks of a batch's
     rows (batch_sharding), so it supplies rows [i*B/n, (i+1)*B/n) of every global batch of B

@@ -42,19 +42,6 @@ def stack_micro_batches(batches: Sequence[dict]) -> dict:
     return out
 
 
-class _ValidRows:
-    """collate(index) with its `valid` rows; a class for a short repr in grain's logs."""
-
-    def __init__(self, collate: Callable):
-        self.collate = collate
-
-    def __call__(self, index: np.ndarray, shard: tuple[int, int]) -> dict:
-        return add_valid(self.collate(index, shard=shard))
-
-    def __repr__(self) -> str:
-        return f"valid_rows({loader.collate_name(self.collate)})"
-
-
 def train_batches(lengths: Sequence[int], collate: Callable, *, batch_size: int, num_steps: int,
                   micro_batches: int = 1, seed: int = 0,
                   shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
@@ -70,7 +57,7 @@ def train_batches(lengths: Sequence[int], collate: Callable, *, batch_size: int,
         raise ValueError("cannot feed batches from an empty dataset")
     per_epoch = math.ceil(len(lengths) / batch_size)
     epochs = max(1, math.ceil(num_steps * micro_batches / per_epoch))
-    ds = loader.plan_dataset(lengths, _ValidRows(collate), batch_size=batch_size, seed=seed,
-                             num_epochs=epochs, shard=shard)
+    ds = loader.plan_dataset(lengths, collate, batch_size=batch_size, seed=seed,
+                             num_epochs=epochs, shard=shard).map(add_valid)
     steps = ds[: num_steps * micro_batches].batch(micro_batches, batch_fn=stack_micro_batches)
     return iter(loader.read_ahead(steps))

@@ -18,6 +18,7 @@ from cwpo_jax.train.metrics import MetricsLogger
 from cwpo_jax.train.state import init_train_state, split_model
 
 from tests.engine.toy import ToyLM, tokenized_pairs
+from tests.wrapped_batches import WrappedBatches
 
 ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
@@ -30,7 +31,7 @@ def collate(index, *, shard):
     return batch
 
 
-class FaultyFeeder:
+class FaultyFeeder(WrappedBatches):
     """The loop's batches (train_batches) with faults: while producing the batch of step
     `kill_at` sends SIGTERM to this process; the batch of step `nan_at` gets NaN reference
     log-probs."""
@@ -38,17 +39,8 @@ class FaultyFeeder:
     kill_at = nan_at = None
     produced = 0
 
-    def __init__(self, batches):
-        self.batches = batches
-
-    def get_state(self) -> dict:
-        return self.batches.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.batches.set_state(state)
-
     def __next__(self):
-        out = next(self.batches)
+        out = super().__next__()
         self.produced += 1
         if self.produced == self.kill_at:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -13,6 +13,7 @@ from cwpo_jax import models
 from cwpo_jax.stages import align, annotator, common, prepare, run_folder, score, sft
 from cwpo_jax.train import fit
 from cwpo_jax.train.loop import NonFiniteError
+from tests.wrapped_batches import WrappedBatches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING_KEYS = {"tokens_per_s", "padded_tokens_per_s", "mfu"}
@@ -36,25 +37,18 @@ def run_until_score(cfg):
         stage.run(cfg)
 
 
-class NanAtStep4:
+class NanAtStep4(WrappedBatches):
     """Training batches whose step 4 (both micro-batches) has NaN weights. Counted where the
     loop takes them: grain's threads collate ahead of it, in any order."""
 
-    def __init__(self, batches):
-        self.batches, self.taken = batches, 0
+    taken = 0
 
     def __next__(self):
-        batch = next(self.batches)
+        batch = super().__next__()
         self.taken += 1
         if self.taken == 4:
             batch["weights"] = np.full_like(batch["weights"], np.nan)
         return batch
-
-    def get_state(self):
-        return self.batches.get_state()
-
-    def set_state(self, state):
-        self.batches.set_state(state)
 
 
 def poison_step_4(monkeypatch):

@@ -34,6 +34,7 @@ from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.metrics import MetricsLogger
 from cwpo_jax.train.state import init_train_state, split_model
 from tests.engine.toy import ToyLM, tokenized_pairs
+from tests.wrapped_batches import WrappedBatches
 
 ITEMS = tokenized_pairs(20)
 REF = np.random.default_rng(1).normal(-20, 3, (40,)).astype(np.float32)
@@ -51,26 +52,17 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Feeder:
+class Feeder(WrappedBatches):
     """The loop's batches (train_batches) with faults: SIGKILL after kill_after batches, NaN
     reference log-probs in the batch of step nan_at."""
 
     kill_after = nan_at = None
     produced = 0
 
-    def __init__(self, batches):
-        self.batches = batches
-
-    def get_state(self) -> dict:
-        return self.batches.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.batches.set_state(state)
-
     def __next__(self):
         if self.kill_after is not None and self.produced == self.kill_after:
             die()
-        out = next(self.batches)
+        out = super().__next__()
         self.produced += 1
         if self.produced == self.nan_at:
             out["ref_logps"][:] = np.nan
