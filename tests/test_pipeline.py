@@ -252,3 +252,32 @@ def test_stages_read_their_token_ids_from_the_run_folders_stores(tiny_run, tmp_p
     for key in ("score_a", "score_b"):
         np.testing.assert_allclose(again[key], first[key], rtol=1e-6, atol=1e-6)
     assert sorted(os.listdir(tokens)) == names
+
+
+def test_shared_prefix_pass_equals_whole_rows(tiny_run, tmp_path):
+    """Prompts that all start with one system message: the log-prob pass that runs those tokens
+    once per batch (align.shared_prefix) gives the log-probs of rows that hold them."""
+    from cwpo_jax import models
+    from cwpo_jax.data import PreferencePair
+    from cwpo_jax.stages import common, run_folder
+    from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass
+
+    cfg, _ = tiny_run
+    system = {"role": "system",
+              "content": "Answer as a careful, friendly assistant in one short sentence."}
+    pairs = [PreferencePair(id=p.id, prompt=(system, *p.prompt), chosen=p.chosen,
+                            rejected=p.rejected, source=p.source)
+             for p in run_folder.load_split(cfg, "unlabelled")]
+    ref = run_folder.reference_path(cfg)
+    model, tok = models.from_pretrained(ref), models.load_tokenizer(ref)
+    out = {}
+    for share in (True, False):
+        run_cfg = tiny_config(tmp_path, **{"data.max_prompt_len": 64, "data.max_len": 96,
+                                           "align.shared_prefix": share})
+        store = common.pair_store(run_cfg, common.pair_tokenizer(run_cfg, tok), pairs)
+        collate, _ = pair_batches(run_cfg, store, tok, share_prefix=share)
+        prefix = collate.keywords["prefix"]
+        assert (prefix is not None and len(prefix) >= 8) == share
+        out[share] = pair_logprobs_pass(run_cfg, model, store, tok, name="test")
+    for got, want in zip(out[True], out[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

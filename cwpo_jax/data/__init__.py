@@ -32,6 +32,7 @@ from cwpo_jax.data.batching import (
     padding_share,
     pair_sequences,
     plan_batches,
+    shared_prefix,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "padding_share",
     "pair_sequences",
     "plan_batches",
+    "shared_prefix",
 ]

@@ -15,7 +15,10 @@ Packed pair  input_ids / attention_mask / positions / segment_ids [B, L]: one ro
              the response tokens of rows [:B] chosen, [B:] rejected, and the packed slot whose
              hidden state predicts each (the previous token of the same response, or the last
              prompt token), so only response positions go through the LM head. pair_index and
-             weights as above.
+             weights as above. With a shared prefix (the tokens every prompt starts with, e.g.
+             a chat template's system prompt) rows hold the prompts without it and positions
+             start after it; prefix_ids [B, P] (the same P tokens in every row) are run once per
+             batch by the task (train.tasks.packed_hidden).
 Packed seqs  input_ids / attention_mask / positions / segment_ids [B, L]: whole sequences
              (e.g. prompt + one response, for scoring) packed end to end into rows of L slots,
              so no position is padding except each row's tail. segment_ids 1..S number a row's
@@ -152,14 +155,17 @@ def collate_packed_pairs(
     swap: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     shard: tuple[int, int] = (0, 1),
+    prefix: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Packed rows (see the module docstring); swap, weights and shard as in collate_pairs.
 
     L is the smallest bucket that fits the longest prompt + chosen + rejected; response_len R is
     fixed by the caller (the longest response of the dataset) so it adds no compiled shapes.
+    prefix: tokens every prompt starts with (shared_prefix), left out of the rows.
     """
+    n_prefix = 0 if prefix is None else len(prefix)
     index, sel = _select(items, index, batch_size, "pairs")
-    longest = max((len(p.prompt) + len(p.chosen) + len(p.rejected) for p in sel), default=1)
+    longest = max((len(p.prompt) - n_prefix + len(p.chosen) + len(p.rejected) for p in sel), default=1)
     t = bucket_length(longest, buckets)
     index, sel, b = _host_rows(index, sel, batch_size, shard)
     r = response_len
@@ -171,12 +177,18 @@ def collate_packed_pairs(
     resp_mask = np.zeros((2 * b, r), np.int32)
     resp_src = np.zeros((2 * b, r), np.int32)
     for row, (i, p) in enumerate(zip(index, sel)):
-        n_p = len(p.prompt)
+        prompt = p.prompt
+        if n_prefix:
+            if not np.array_equal(prompt[:n_prefix], prefix):
+                raise ValueError(f"pair {i}'s prompt does not start with the shared prefix")
+            prompt = prompt[n_prefix:]
+        n_p = len(prompt)
         if n_p == 0:
-            raise ValueError(f"pair {i} has an empty prompt; packed rows need a prompt token "
-                             "to predict each response's first token")
-        ids[row, :n_p] = p.prompt
-        pos[row, :n_p] = np.arange(n_p)
+            raise ValueError(f"pair {i} has an empty prompt{' after the shared prefix' if n_prefix else ''}"
+                             "; packed rows need a prompt token to predict each response's "
+                             "first token")
+        ids[row, :n_p] = prompt
+        pos[row, :n_p] = n_prefix + np.arange(n_p)
         start = n_p
         for k, (out_row, response) in enumerate(zip((row, b + row), _ordered(p, i, swap))):
             n = len(response)
@@ -184,7 +196,7 @@ def collate_packed_pairs(
                 raise ValueError(f"pair {i} has a {n}-token response; response_len is {r}")
             slots = np.arange(start, start + n)
             ids[row, slots] = response
-            pos[row, slots] = n_p + np.arange(n)
+            pos[row, slots] = n_prefix + n_p + np.arange(n)
             seg[row, slots] = k + 1
             resp_ids[out_row, :n] = response
             resp_mask[out_row, :n] = 1
@@ -194,7 +206,7 @@ def collate_packed_pairs(
             start += n
         attn[row, :start] = 1
     pidx, w = _index_and_weights(index, b, weights)
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": attn,
         "positions": pos,
@@ -205,6 +217,29 @@ def collate_packed_pairs(
         "pair_index": pidx,
         "weights": w,
     }
+    if n_prefix:
+        # One copy per row so the key shards over the batch axis like every other.
+        out["prefix_ids"] = np.tile(np.asarray(prefix, np.int32), (b, 1))
+    return out
+
+
+def shared_prefix(items: Sequence[TokenizedPair], *, min_length: int = 8) -> np.ndarray:
+    """The tokens every item's prompt starts with (e.g. a chat template's system prompt),
+    leaving each prompt at least one token of its own (the last prompt token predicts the first
+    response token). Empty when shorter than min_length, where a separate pass is not worth it."""
+    if not len(items):
+        return np.zeros(0, np.int32)
+    first = np.asarray(items[0].prompt)
+    n = len(first) - 1
+    for i in range(1, len(items)):
+        prompt = items[i].prompt
+        n = min(n, len(prompt) - 1)
+        if n <= 0:
+            break
+        differ = np.flatnonzero(prompt[:n] != first[:n])
+        if differ.size:
+            n = int(differ[0])
+    return np.array(first[:n], np.int32) if n >= min_length else np.zeros(0, np.int32)
 
 
 def pack_rows(lengths: Sequence[int], *, row_len: int, max_segments: int) -> list[np.ndarray]:

@@ -26,7 +26,12 @@ from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, frozen_layers, run_folder
 from cwpo_jax.stages.methods import METHODS, targets
-from cwpo_jax.stages.pair_passes import pair_batches, pair_logprobs_pass, place_residuals
+from cwpo_jax.stages.pair_passes import (
+    pair_batches,
+    pair_logprobs_pass,
+    place_residuals,
+    shares_prefix,
+)
 from cwpo_jax.stages.run_folder import annotator_identity, reference_path, scores_path
 from cwpo_jax.train import tasks
 from cwpo_jax.train.fit import fit
@@ -124,13 +129,17 @@ def _train(cfg, method: str, stage: str) -> dict:
     swap, weight, keep = method_targets(cfg, method, ids, n_labelled)
     index = np.flatnonzero(keep)
     items = tokenized.select(index)
-    pool_collate, pool_lengths = pair_batches(cfg, tokenized, tok)
     sel_swap, sel_weight = swap[index], weight[index]
     train = cfg.align.train
     micro_size = train.batch_size // train.micro_batches
 
     model = models.from_pretrained(ref_path)
     start_layer, residuals = _frozen_residuals(cfg, model, tokenized, tok)
+    pool_collate, pool_lengths = pair_batches(
+        cfg, tokenized, tok, share_prefix=shares_prefix(cfg, model, start_layer))
+    prefix = pool_collate.keywords.get("prefix")
+    if prefix is not None:
+        log(stage, f"the {len(prefix)} tokens every prompt starts with run once per batch")
     ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok, model=model,
                                                   start_layer=start_layer, residuals=residuals)
     sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)

@@ -17,6 +17,7 @@ from cwpo_jax.data.batching import (
     default_buckets,
     pack_rows,
     pair_sequences,
+    shared_prefix,
 )
 from cwpo_jax.data.token_store import field_lengths, item_lengths
 from cwpo_jax.data.tokenize import pad_id
@@ -102,23 +103,35 @@ def _round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def pair_batches(cfg, pool, tok) -> tuple[Callable, np.ndarray]:
+def shares_prefix(cfg, model, start_layer: int = 0) -> bool:
+    """Whether packed rows leave the prompts' shared prefix (data.shared_prefix) to one pass per
+    batch: align.shared_prefix, and the whole stack in the plain layer loop, which the KV-cache
+    path that carries the prefix runs (not from a frozen layer's output, not scanned or
+    rematerialised layers)."""
+    return bool(cfg.align.packed_pairs and cfg.align.shared_prefix and not start_layer
+                and not cfg.align.train.scan_layers and not model.config.remat)
+
+
+def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callable, np.ndarray]:
     """(collate(items, index, batch_size=, swap=, weights=), row length of each pool pair).
 
     Shapes come from the whole pool, so every method and the reference pass share compiled
     programs: packed rows use buckets up to the longest prompt + chosen + rejected and a fixed
-    response length (the longest response, rounded up to a multiple of 8).
+    response length (the longest response, rounded up to a multiple of 8). share_prefix
+    (see shares_prefix): the tokens every prompt of the pool starts with leave the rows.
     """
     if not cfg.align.packed_pairs:
         collate = functools.partial(collate_pairs, buckets=common.buckets(cfg),
                                     pad_id=pad_id(tok))
         return collate, item_lengths(pool)
     chosen, rejected = field_lengths(pool, "chosen"), field_lengths(pool, "rejected")
-    lengths = field_lengths(pool, "prompt") + chosen + rejected
+    prefix = shared_prefix(pool) if share_prefix else np.zeros(0, np.int32)
+    lengths = field_lengths(pool, "prompt") - len(prefix) + chosen + rejected
     longest_response = int(np.maximum(chosen, rejected).max(initial=1))
     collate = functools.partial(
         collate_packed_pairs, buckets=default_buckets(_round_up(int(lengths.max(initial=1)), 8)),
-        response_len=_round_up(longest_response, 8), pad_id=pad_id(tok))
+        response_len=_round_up(longest_response, 8), pad_id=pad_id(tok),
+        prefix=prefix if len(prefix) else None)
     return collate, lengths
 
 
@@ -129,7 +142,8 @@ def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: in
     layout). start_layer > 0: the layers below it are not run; `residuals` (one per pair,
     stages/frozen_layers.py) is their output."""
     batch_size = cfg.align.logprob_batch_size
-    pool_collate, lengths = pair_batches(cfg, tokenized, tok)
+    pool_collate, lengths = pair_batches(cfg, tokenized, tok,
+                                         share_prefix=shares_prefix(cfg, model, start_layer))
 
     def collate(index, *, shard):
         batch = pool_collate(tokenized, index, batch_size=batch_size, shard=shard)

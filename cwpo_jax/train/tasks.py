@@ -41,18 +41,46 @@ def packed_visibility(segment_ids, attention_mask):
     return key_real & (same | (segment_ids == 0)[:, None, :])
 
 
+def prefix_cache(model, prefix_ids, rows: int, length: int):
+    """Per layer (k, v) [rows, P + length, KV, hd]: the keys and values of the P shared prefix
+    tokens, from one forward of the prefix alone, in slots [0, P) of every row; zeros after."""
+    p = prefix_ids.shape[0]
+    _, cache = model.forward(prefix_ids[None], None, positions=jnp.arange(p)[None],
+                             cache=model.init_cache(1, p), cache_index=0,
+                             kv_valid=jnp.ones((1, p), bool))
+
+    def widen(x):
+        return jnp.pad(jnp.broadcast_to(x, (rows,) + x.shape[1:]),
+                       ((0, 0), (0, length), (0, 0), (0, 0)))
+
+    return [(widen(k), widen(v)) for k, v in cache]
+
+
 def packed_hidden(model, batch, *, start_layer: int = 0, stop_layer: int | None = None):
     """Hidden states [B, L, D] of a packed pair batch: the final normed ones, or with stop_layer
     the residual stream leaving layer stop_layer - 1; start_layer > 0 starts from
-    batch["residual"], the stream entering that layer."""
+    batch["residual"], the stream entering that layer.
+
+    With batch["prefix_ids"] (data.shared_prefix) the prefix runs once, every row's tokens see
+    its keys and values through the KV-cache path, and the result equals that of rows holding
+    the prefix themselves."""
+    visible = packed_visibility(batch["segment_ids"], batch["attention_mask"])
+    if "prefix_ids" in batch:
+        if start_layer or stop_layer is not None:
+            raise ValueError("a shared prefix runs the whole stack; it cannot start or stop at "
+                             "a layer")
+        b, length = batch["input_ids"].shape
+        p = batch["prefix_ids"].shape[1]
+        hidden, _ = model.forward(
+            batch["input_ids"], batch["attention_mask"], positions=batch["positions"],
+            cache=prefix_cache(model, batch["prefix_ids"][0], b, length), cache_index=p,
+            kv_valid=jnp.concatenate([jnp.ones((b, length, p), bool), visible], axis=2))
+        return hidden
     partial = {"start_layer": start_layer, "residual": batch["residual"]} if start_layer else {}
     if stop_layer is not None:
         partial["stop_layer"] = stop_layer
     hidden, _ = model.forward(batch["input_ids"], batch["attention_mask"],
-                              positions=batch["positions"],
-                              kv_valid=packed_visibility(batch["segment_ids"],
-                                                         batch["attention_mask"]),
-                              **partial)
+                              positions=batch["positions"], kv_valid=visible, **partial)
     return hidden
 
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from cwpo_jax import losses, models
-from cwpo_jax.data import TokenizedPair, collate_packed_pairs, collate_pairs
+from cwpo_jax.data import TokenizedPair, collate_packed_pairs, collate_pairs, shared_prefix
 from cwpo_jax.train import tasks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "models", "fixtures")
@@ -117,3 +117,89 @@ def test_packed_refusals():
         collate_packed_pairs([empty], [0], batch_size=1, buckets=(16,), response_len=4, pad_id=0)
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         collate_packed_pairs([long], [0], batch_size=1, buckets=(4,), response_len=8, pad_id=0)
+
+
+def with_system_prompt(pairs, prefix):
+    return [TokenizedPair(np.concatenate([prefix, p.prompt]), p.chosen, p.rejected) for p in pairs]
+
+
+def prefix_layouts(pairs, index, *, weights=None):
+    """Packed rows holding the whole prompt, and packed rows leaving the shared prefix to one
+    pass per batch."""
+    common = dict(batch_size=4, pad_id=0, buckets=tuple(range(8, 49, 8)), response_len=8,
+                  weights=weights)
+    prefix = shared_prefix(pairs)
+    assert len(prefix) >= 8
+    return (collate_packed_pairs(pairs, index, **common),
+            collate_packed_pairs(pairs, index, prefix=prefix, **common))
+
+
+def test_shared_prefix_logprobs_and_gradients_equal_whole_rows(model):
+    prefix = np.random.default_rng(9).integers(1, model.config.vocab_size, 11).astype(np.int32)
+    pairs = with_system_prompt(random_pairs(5, model.config.vocab_size, seed=4), prefix)
+    whole, shared = prefix_layouts(pairs, [0, 1, 3, 4])
+    np.testing.assert_array_equal(shared["prefix_ids"][2], prefix)
+    assert shared["input_ids"].shape[1] < whole["input_ids"].shape[1]
+    for chunk in (0, 4):
+        want, want_n = jitted(tasks.packed_response_logprobs, model, chunk_size=chunk)(whole)
+        got, got_n = jitted(tasks.packed_response_logprobs, model, chunk_size=chunk)(shared)
+        np.testing.assert_array_equal(np.asarray(got_n), np.asarray(want_n))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
+
+    lora = models.apply_lora(model, models.LoRAConfig(rank=4, alpha=8.0, dropout=0.0,
+                                                      targets=("q_proj", "v_proj")),
+                             rngs=nnx.Rngs(0))
+    # Non-zero adapters, so the prefix's keys and values depend on the trained parameters.
+    graphdef, params, rest = nnx.split(lora, models.trainable_filter(lora), ...)
+    params = jax.tree.map(lambda x: x + 0.05, params)
+    task = functools.partial(tasks.preference_task, pair_loss=losses.pair_loss_fn("dpo", beta=0.5),
+                             beta=0.5)
+    extra = {"ref_logps": np.random.default_rng(2).normal(-30, 3, 8).astype(np.float32),
+             "valid": np.array([1, 1, 1, 1], np.float32)}
+
+    def loss(params, batch):
+        num, den, _ = task(nnx.merge(graphdef, params, rest), batch)
+        return num / den
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    want, want_g = grad(params, {**whole, **extra})
+    got, got_g = grad(params, {**shared, **extra})
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(want_g)) > 0
+    for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-6)
+
+
+def test_shared_prefix_layout_and_refusals():
+    prefix = np.arange(1, 9, dtype=np.int32)
+    p = TokenizedPair(np.concatenate([prefix, [5, 6]]).astype(np.int32), np.array([8, 9], np.int32),
+                      np.array([10], np.int32))
+    b = collate_packed_pairs([p], [0], batch_size=2, buckets=(8,), response_len=4, pad_id=0,
+                             prefix=prefix)
+    np.testing.assert_array_equal(b["input_ids"][0], [5, 6, 8, 9, 10, 0, 0, 0])
+    np.testing.assert_array_equal(b["positions"][0], [8, 9, 10, 11, 10, 0, 0, 0])
+    np.testing.assert_array_equal(b["response_source"][[0, 2]], [[1, 2, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(b["prefix_ids"], [prefix, prefix])
+    other = TokenizedPair(np.array([1, 2, 3, 4, 5, 6, 7, 7, 5], np.int32), p.chosen, p.rejected)
+    with pytest.raises(ValueError, match="pair 0's prompt does not start with the shared prefix"):
+        collate_packed_pairs([other], [0], batch_size=1, buckets=(8,), response_len=4, pad_id=0,
+                             prefix=prefix)
+    bare = TokenizedPair(prefix, p.chosen, p.rejected)
+    with pytest.raises(ValueError, match="empty prompt after the shared prefix"):
+        collate_packed_pairs([bare], [0], batch_size=1, buckets=(8,), response_len=4, pad_id=0,
+                             prefix=prefix)
+
+
+def test_shared_prefix_length():
+    def pair(*prompt):
+        return TokenizedPair(np.array(prompt, np.int32), np.array([1], np.int32),
+                             np.array([2], np.int32))
+
+    same = list(range(1, 11))
+    # Every prompt keeps one token of its own, so an item equal to the prefix caps it.
+    assert shared_prefix([pair(*same), pair(*same, 11)]).tolist() == same[:9]
+    assert shared_prefix([pair(*same, 4), pair(*same, 5), pair(*same[:9], 7, 8)]).tolist() \
+        == same[:9]
+    assert shared_prefix([pair(*same, 4), pair(*same, 5)], min_length=11).size == 0
+    assert shared_prefix([pair(*same, 4), pair(9, *same)]).size == 0
+    assert shared_prefix([]).size == 0
