@@ -122,7 +122,7 @@ def run(cfg) -> dict:
                            "final_loss": _final_loss(cfg, method)}
         log(STAGE, f"{method}: GRA {stats['gra']:.1%} "
                    f"[{stats['ci_low']:.1%}, {stats['ci_high']:.1%}]")
-    for method, moved in movement.student_movement(cfg, prompts, k, ref_path, ref_texts,
+    for method, moved in movement.student_movement(cfg, prompts, k, ref_path,
                                                    policies).items():
         methods[method].update(moved)
     score_summary = run_folder.read_done(cfg, "score")

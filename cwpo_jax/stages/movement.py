@@ -50,14 +50,16 @@ def _gold_ordered_eval_pairs(cfg) -> list[PreferencePair]:
     return [ordered[i] for i in spread_over_prompts(keys, cfg.evaluate.heldout_pairs)]
 
 
-def _sample_pairs(prompts, policy_texts, ref_texts, k: int) -> list[PreferencePair]:
-    """(policy sample 0, reference sample 0) of every prompt where both texts are non-empty."""
+def _sample_pairs(prompts, policy_texts, k: int) -> list[PreferencePair]:
+    """The policy's first sample of every prompt where it is non-empty, as the first response
+    of a pair row (the layout of the log-prob pass). The KL reads only that response's
+    log-probs, so the second is empty: its row then costs the prompt and one response."""
     pairs = []
     for i, prompt in enumerate(prompts):
-        a, b = policy_texts[i * k], ref_texts[i * k]
-        if a and b:
-            pairs.append(PreferencePair(id=content_id("eval_sample", prompt, a, b),
-                                        prompt=tuple(prompt), chosen=a, rejected=b,
+        a = policy_texts[i * k]
+        if a:
+            pairs.append(PreferencePair(id=content_id("eval_sample", prompt, a, ""),
+                                        prompt=tuple(prompt), chosen=a, rejected="",
                                         source="eval_sample"))
     return pairs
 
@@ -67,14 +69,14 @@ def _logprobs(cfg, model_path: str, pairs, tok, name: str):
     return pair_logprobs_pass(cfg, models.from_pretrained(model_path), store, tok, name=name)
 
 
-def student_movement(cfg, prompts, k: int, ref_path: str, ref_texts,
+def student_movement(cfg, prompts, k: int, ref_path: str,
                      policies: dict[str, tuple[str, list[str]]]) -> dict:
     """{method: {heldout_gold_accuracy, heldout_pairs, kl_estimate, kl_samples}} for
     policies = {method: (policy checkpoint, its evaluation samples, prompt-major)}."""
     tok = models.load_tokenizer(ref_path)
     heldout = _gold_ordered_eval_pairs(cfg)
     h = len(heldout)
-    samples = {m: _sample_pairs(prompts, texts, ref_texts, k) for m, (_, texts) in policies.items()}
+    samples = {m: _sample_pairs(prompts, texts, k) for m, (_, texts) in policies.items()}
     # One reference pass over the held-out pairs and every method's samples.
     everything = heldout + [p for m in policies for p in samples[m]]
     ref_a, ref_b = _logprobs(cfg, ref_path, everything, tok, "eval/movement/reference")
