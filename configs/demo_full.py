@@ -1,5 +1,5 @@
 """The experiment: does CW-DPO on weak labels beat DPO on human labels here? Three seeds, six
-methods, one command of about an hour on 2 CPU cores:
+methods, one command of about two hours on 2 CPU cores (one quiet seed: 40 minutes):
 
 python launch/pipeline.py --config=configs/demo_full.py --config.output_dir=runs/demo_full
 
