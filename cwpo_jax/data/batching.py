@@ -165,7 +165,8 @@ def collate_packed_pairs(
     """
     n_prefix = 0 if prefix is None else len(prefix)
     index, sel = _select(items, index, batch_size, "pairs")
-    longest = max((len(p.prompt) - n_prefix + len(p.chosen) + len(p.rejected) for p in sel), default=1)
+    longest = max((len(p.prompt) - n_prefix + len(p.chosen) + len(p.rejected) for p in sel),
+                  default=1)
     t = bucket_length(longest, buckets)
     index, sel, b = _host_rows(index, sel, batch_size, shard)
     r = response_len
@@ -184,9 +185,9 @@ def collate_packed_pairs(
             prompt = prompt[n_prefix:]
         n_p = len(prompt)
         if n_p == 0:
-            raise ValueError(f"pair {i} has an empty prompt{' after the shared prefix' if n_prefix else ''}"
-                             "; packed rows need a prompt token to predict each response's "
-                             "first token")
+            where = " after the shared prefix" if n_prefix else ""
+            raise ValueError(f"pair {i} has an empty prompt{where}; packed rows need a prompt "
+                             "token to predict each response's first token")
         ids[row, :n_p] = prompt
         pos[row, :n_p] = n_prefix + np.arange(n_p)
         start = n_p
