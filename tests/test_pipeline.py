@@ -255,8 +255,9 @@ def test_stages_read_their_token_ids_from_the_run_folders_stores(tiny_run, tmp_p
 
 
 def test_shared_prefix_pass_equals_whole_rows(tiny_run, tmp_path):
-    """Prompts that all start with one system message: the log-prob pass that runs those tokens
-    once per batch (align.shared_prefix) gives the log-probs of rows that hold them."""
+    """Prompts that start with one system message (all but one): the log-prob pass that runs
+    those tokens once per batch (align.shared_prefix) gives the log-probs of rows that hold
+    them, and the one prompt without them keeps its row."""
     from cwpo_jax import models
     from cwpo_jax.data import PreferencePair
     from cwpo_jax.stages import common, run_folder
@@ -265,9 +266,9 @@ def test_shared_prefix_pass_equals_whole_rows(tiny_run, tmp_path):
     cfg, _ = tiny_run
     system = {"role": "system",
               "content": "Answer as a careful, friendly assistant in one short sentence."}
-    pairs = [PreferencePair(id=p.id, prompt=(system, *p.prompt), chosen=p.chosen,
-                            rejected=p.rejected, source=p.source)
-             for p in run_folder.load_split(cfg, "unlabelled")]
+    pairs = [PreferencePair(id=p.id, prompt=(system, *p.prompt) if i else p.prompt,
+                            chosen=p.chosen, rejected=p.rejected, source=p.source)
+             for i, p in enumerate(run_folder.load_split(cfg, "unlabelled"))]
     ref = run_folder.reference_path(cfg)
     model, tok = models.from_pretrained(ref), models.load_tokenizer(ref)
     out = {}

@@ -15,10 +15,11 @@ Packed pair  input_ids / attention_mask / positions / segment_ids [B, L]: one ro
              the response tokens of rows [:B] chosen, [B:] rejected, and the packed slot whose
              hidden state predicts each (the previous token of the same response, or the last
              prompt token), so only response positions go through the LM head. pair_index and
-             weights as above. With a shared prefix (the tokens every prompt starts with, e.g.
-             a chat template's system prompt) rows hold the prompts without it and positions
-             start after it; prefix_ids [B, P] (the same P tokens in every row) are run once per
-             batch by the task (train.tasks.packed_hidden).
+             weights as above. With a shared prefix (the tokens most prompts start with, e.g.
+             a chat template's system prompt) the rows whose prompt starts with it hold the
+             prompt without it and their positions start after it; prefix_ids [B, P] (the same
+             P tokens in every row) run once per batch (train.tasks.packed_hidden) and
+             prefix_rows [B] (1 = the row continues the prefix) says which rows attend to them.
 Packed seqs  input_ids / attention_mask / positions / segment_ids [B, L]: whole sequences
              (e.g. prompt + one response, for scoring) packed end to end into rows of L slots,
              so no position is padding except each row's tail. segment_ids 1..S number a row's
@@ -31,6 +32,7 @@ Prompt       input_ids / attention_mask [B, T] left-padded (generation appends o
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -161,12 +163,13 @@ def collate_packed_pairs(
 
     L is the smallest bucket that fits the longest prompt + chosen + rejected; response_len R is
     fixed by the caller (the longest response of the dataset) so it adds no compiled shapes.
-    prefix: tokens every prompt starts with (shared_prefix), left out of the rows.
+    prefix: tokens most prompts start with (shared_prefix), left out of the rows that start
+    with them; other rows keep their whole prompt.
     """
     n_prefix = 0 if prefix is None else len(prefix)
     index, sel = _select(items, index, batch_size, "pairs")
-    longest = max((len(p.prompt) - n_prefix + len(p.chosen) + len(p.rejected) for p in sel),
-                  default=1)
+    longest = max((len(p.prompt) - n_prefix * starts_with(p.prompt, prefix) + len(p.chosen)
+                   + len(p.rejected) for p in sel), default=1)
     t = bucket_length(longest, buckets)
     index, sel, b = _host_rows(index, sel, batch_size, shard)
     r = response_len
@@ -177,19 +180,18 @@ def collate_packed_pairs(
     resp_ids = np.full((2 * b, r), pad_id, np.int32)
     resp_mask = np.zeros((2 * b, r), np.int32)
     resp_src = np.zeros((2 * b, r), np.int32)
+    prefix_rows = np.zeros(b, np.int32)
     for row, (i, p) in enumerate(zip(index, sel)):
         prompt = p.prompt
-        if n_prefix:
-            if not np.array_equal(prompt[:n_prefix], prefix):
-                raise ValueError(f"pair {i}'s prompt does not start with the shared prefix")
-            prompt = prompt[n_prefix:]
+        shift = 0
+        if starts_with(prompt, prefix):
+            prefix_rows[row], shift, prompt = 1, n_prefix, prompt[n_prefix:]
         n_p = len(prompt)
         if n_p == 0:
-            where = " after the shared prefix" if n_prefix else ""
-            raise ValueError(f"pair {i} has an empty prompt{where}; packed rows need a prompt "
-                             "token to predict each response's first token")
+            raise ValueError(f"pair {i} has an empty prompt; packed rows need a prompt token "
+                             "to predict each response's first token")
         ids[row, :n_p] = prompt
-        pos[row, :n_p] = n_prefix + np.arange(n_p)
+        pos[row, :n_p] = shift + np.arange(n_p)
         start = n_p
         for k, (out_row, response) in enumerate(zip((row, b + row), _ordered(p, i, swap))):
             n = len(response)
@@ -197,7 +199,7 @@ def collate_packed_pairs(
                 raise ValueError(f"pair {i} has a {n}-token response; response_len is {r}")
             slots = np.arange(start, start + n)
             ids[row, slots] = response
-            pos[row, slots] = n_prefix + n_p + np.arange(n)
+            pos[row, slots] = shift + n_p + np.arange(n)
             seg[row, slots] = k + 1
             resp_ids[out_row, :n] = response
             resp_mask[out_row, :n] = 1
@@ -221,26 +223,43 @@ def collate_packed_pairs(
     if n_prefix:
         # One copy per row so the key shards over the batch axis like every other.
         out["prefix_ids"] = np.tile(np.asarray(prefix, np.int32), (b, 1))
+        out["prefix_rows"] = prefix_rows
     return out
 
 
+def starts_with(prompt: np.ndarray, prefix: np.ndarray | None) -> bool:
+    """Whether the prompt continues the prefix with at least one token of its own (the last
+    prompt token predicts the first response token)."""
+    n = 0 if prefix is None else len(prefix)
+    return bool(n) and len(prompt) > n and np.array_equal(prompt[:n], prefix)
+
+
 def shared_prefix(items: Sequence[TokenizedPair], *, min_length: int = 8) -> np.ndarray:
-    """The tokens every item's prompt starts with (e.g. a chat template's system prompt),
-    leaving each prompt at least one token of its own (the last prompt token predicts the first
-    response token). Empty when shorter than min_length, where a separate pass is not worth it."""
-    if not len(items):
+    """The longest run of tokens that at least half of the prompts start with (e.g. a chat
+    template's system prompt; prompts truncated from the left lose it), each of those prompts
+    keeping one token of its own. Empty when shorter than min_length, where a separate pass is
+    not worth it."""
+    heads = Counter(tuple(p.prompt[:min_length].tolist()) for p in _prompts_over(items, min_length))
+    if not heads:
         return np.zeros(0, np.int32)
-    first = np.asarray(items[0].prompt)
+    head, count = heads.most_common(1)[0]
+    if 2 * count < len(items):
+        return np.zeros(0, np.int32)
+    members = (p.prompt for p in _prompts_over(items, min_length)
+               if tuple(p.prompt[:min_length].tolist()) == head)
+    first = np.asarray(next(members))
     n = len(first) - 1
-    for i in range(1, len(items)):
-        prompt = items[i].prompt
+    for prompt in members:
         n = min(n, len(prompt) - 1)
-        if n <= 0:
-            break
         differ = np.flatnonzero(prompt[:n] != first[:n])
         if differ.size:
             n = int(differ[0])
-    return np.array(first[:n], np.int32) if n >= min_length else np.zeros(0, np.int32)
+    return np.array(first[:n], np.int32)
+
+
+def _prompts_over(items, length: int):
+    """The items whose prompt is longer than `length` tokens."""
+    return (p for p in (items[i] for i in range(len(items))) if len(p.prompt) > length)
 
 
 def pack_rows(lengths: Sequence[int], *, row_len: int, max_segments: int) -> list[np.ndarray]:

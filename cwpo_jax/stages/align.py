@@ -139,7 +139,7 @@ def _train(cfg, method: str, stage: str) -> dict:
         cfg, tokenized, tok, share_prefix=shares_prefix(cfg, model, start_layer))
     prefix = pool_collate.keywords.get("prefix")
     if prefix is not None:
-        log(stage, f"the {len(prefix)} tokens every prompt starts with run once per batch")
+        log(stage, f"the {len(prefix)} tokens that most prompts start with run once per batch")
     ref_chosen, ref_rejected = reference_logprobs(cfg, ids, tokenized, ref_path, tok, model=model,
                                                   start_layer=start_layer, residuals=residuals)
     sel_ref_c = np.where(sel_swap, ref_rejected[index], ref_chosen[index]).astype(np.float32)

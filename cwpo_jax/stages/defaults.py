@@ -94,9 +94,10 @@ def defaults() -> ml_collections.ConfigDict:
     # One packed row per pair (prompt once, response-only LM head); False = chosen and rejected
     # as separate rows. Needs a model without sliding-window attention.
     c.align.packed_pairs = True
-    # Packed rows leave out the tokens every prompt starts with (a chat template's system
-    # prompt): they run once per batch and every row attends to their keys and values.
-    c.align.shared_prefix = True
+    # Packed rows leave out the tokens most prompts start with (a chat template's system
+    # prompt): they run once per batch and those rows attend to their keys and values. Off:
+    # on CPU it was no faster per step and compiles longer (docs/experiments.md).
+    c.align.shared_prefix = False
     c.align.lora_rank = 0  # > 0 trains LoRA adapters only
     c.align.lora_alpha = 16.0
     c.align.lora_dropout = 0.05

@@ -18,6 +18,7 @@ from cwpo_jax.data.batching import (
     pack_rows,
     pair_sequences,
     shared_prefix,
+    starts_with,
 )
 from cwpo_jax.data.token_store import field_lengths, item_lengths
 from cwpo_jax.data.tokenize import pad_id
@@ -104,7 +105,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def shares_prefix(cfg, model, start_layer: int = 0) -> bool:
-    """Whether packed rows leave the prompts' shared prefix (data.shared_prefix) to one pass per
+    """Whether packed rows leave the prompts' common prefix (data.shared_prefix) to one pass per
     batch: align.shared_prefix, and the whole stack in the plain layer loop, which the KV-cache
     path that carries the prefix runs (not from a frozen layer's output, not scanned or
     rematerialised layers)."""
@@ -118,7 +119,8 @@ def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callabl
     Shapes come from the whole pool, so every method and the reference pass share compiled
     programs: packed rows use buckets up to the longest prompt + chosen + rejected and a fixed
     response length (the longest response, rounded up to a multiple of 8). share_prefix
-    (see shares_prefix): the tokens every prompt of the pool starts with leave the rows.
+    (see shares_prefix): the tokens most prompts of the pool start with (data.shared_prefix)
+    leave the rows of the prompts that start with them.
     """
     if not cfg.align.packed_pairs:
         collate = functools.partial(collate_pairs, buckets=common.buckets(cfg),
@@ -126,7 +128,8 @@ def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callabl
         return collate, item_lengths(pool)
     chosen, rejected = field_lengths(pool, "chosen"), field_lengths(pool, "rejected")
     prefix = shared_prefix(pool) if share_prefix else np.zeros(0, np.int32)
-    lengths = field_lengths(pool, "prompt") - len(prefix) + chosen + rejected
+    shifted = np.array([starts_with(pool[i].prompt, prefix) for i in range(len(pool))], bool)
+    lengths = field_lengths(pool, "prompt") - len(prefix) * shifted + chosen + rejected
     longest_response = int(np.maximum(chosen, rejected).max(initial=1))
     collate = functools.partial(
         collate_packed_pairs, buckets=default_buckets(_round_up(int(lengths.max(initial=1)), 8)),

@@ -61,9 +61,9 @@ def packed_hidden(model, batch, *, start_layer: int = 0, stop_layer: int | None 
     the residual stream leaving layer stop_layer - 1; start_layer > 0 starts from
     batch["residual"], the stream entering that layer.
 
-    With batch["prefix_ids"] (data.shared_prefix) the prefix runs once, every row's tokens see
-    its keys and values through the KV-cache path, and the result equals that of rows holding
-    the prefix themselves."""
+    With batch["prefix_ids"] (data.shared_prefix) the prefix runs once and the tokens of the
+    rows that continue it (batch["prefix_rows"]) see its keys and values through the KV-cache
+    path: the result equals that of rows holding the prefix themselves."""
     visible = packed_visibility(batch["segment_ids"], batch["attention_mask"])
     if "prefix_ids" in batch:
         if start_layer or stop_layer is not None:
@@ -74,7 +74,9 @@ def packed_hidden(model, batch, *, start_layer: int = 0, stop_layer: int | None 
         hidden, _ = model.forward(
             batch["input_ids"], batch["attention_mask"], positions=batch["positions"],
             cache=prefix_cache(model, batch["prefix_ids"][0], b, length), cache_index=p,
-            kv_valid=jnp.concatenate([jnp.ones((b, length, p), bool), visible], axis=2))
+            kv_valid=jnp.concatenate(
+                [jnp.broadcast_to(batch["prefix_rows"][:, None, None] > 0, (b, length, p)),
+                 visible], axis=2))
         return hidden
     partial = {"start_layer": start_layer, "residual": batch["residual"]} if start_layer else {}
     if stop_layer is not None:

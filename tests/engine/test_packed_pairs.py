@@ -136,9 +136,13 @@ def prefix_layouts(pairs, index, *, weights=None):
 
 def test_shared_prefix_logprobs_and_gradients_equal_whole_rows(model):
     prefix = np.random.default_rng(9).integers(1, model.config.vocab_size, 11).astype(np.int32)
-    pairs = with_system_prompt(random_pairs(5, model.config.vocab_size, seed=4), prefix)
-    whole, shared = prefix_layouts(pairs, [0, 1, 3, 4])
+    # Pair 2 lacks the system prompt (as a prompt truncated from the left does): its row keeps
+    # its whole prompt and must not see the prefix.
+    pairs = random_pairs(5, model.config.vocab_size, seed=4)
+    pairs = [p if i == 2 else with_system_prompt([p], prefix)[0] for i, p in enumerate(pairs)]
+    whole, shared = prefix_layouts(pairs, [0, 1, 2, 4])
     np.testing.assert_array_equal(shared["prefix_ids"][2], prefix)
+    np.testing.assert_array_equal(shared["prefix_rows"], [1, 1, 0, 1])
     assert shared["input_ids"].shape[1] < whole["input_ids"].shape[1]
     for chunk in (0, 4):
         want, want_n = jitted(tasks.packed_response_logprobs, model, chunk_size=chunk)(whole)
@@ -170,24 +174,23 @@ def test_shared_prefix_logprobs_and_gradients_equal_whole_rows(model):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-6)
 
 
-def test_shared_prefix_layout_and_refusals():
+def test_shared_prefix_layout():
     prefix = np.arange(1, 9, dtype=np.int32)
     p = TokenizedPair(np.concatenate([prefix, [5, 6]]).astype(np.int32), np.array([8, 9], np.int32),
                       np.array([10], np.int32))
-    b = collate_packed_pairs([p], [0], batch_size=2, buckets=(8,), response_len=4, pad_id=0,
-                             prefix=prefix)
-    np.testing.assert_array_equal(b["input_ids"][0], [5, 6, 8, 9, 10, 0, 0, 0])
-    np.testing.assert_array_equal(b["positions"][0], [8, 9, 10, 11, 10, 0, 0, 0])
-    np.testing.assert_array_equal(b["response_source"][[0, 2]], [[1, 2, 0, 0], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(b["prefix_ids"], [prefix, prefix])
     other = TokenizedPair(np.array([1, 2, 3, 4, 5, 6, 7, 7, 5], np.int32), p.chosen, p.rejected)
-    with pytest.raises(ValueError, match="pair 0's prompt does not start with the shared prefix"):
-        collate_packed_pairs([other], [0], batch_size=1, buckets=(8,), response_len=4, pad_id=0,
-                             prefix=prefix)
-    bare = TokenizedPair(prefix, p.chosen, p.rejected)
-    with pytest.raises(ValueError, match="empty prompt after the shared prefix"):
-        collate_packed_pairs([bare], [0], batch_size=1, buckets=(8,), response_len=4, pad_id=0,
-                             prefix=prefix)
+    bare = TokenizedPair(prefix, p.chosen, p.rejected)  # nothing of its own after the prefix
+    b = collate_packed_pairs([p, other, bare], [0, 1, 2], batch_size=4, buckets=(8, 16),
+                             response_len=4, pad_id=0, prefix=prefix)
+    np.testing.assert_array_equal(b["input_ids"][0], [5, 6, 8, 9, 10] + [0] * 11)
+    np.testing.assert_array_equal(b["positions"][0][:5], [8, 9, 10, 11, 10])
+    np.testing.assert_array_equal(b["response_source"][[0, 4]], [[1, 2, 0, 0], [1, 0, 0, 0]])
+    # Rows that do not continue the prefix keep their whole prompt, positions from 0.
+    np.testing.assert_array_equal(b["input_ids"][1][:12], [1, 2, 3, 4, 5, 6, 7, 7, 5, 8, 9, 10])
+    np.testing.assert_array_equal(b["positions"][1][:12], list(range(11)) + [9])
+    np.testing.assert_array_equal(b["input_ids"][2][:8], prefix)
+    np.testing.assert_array_equal(b["prefix_rows"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(b["prefix_ids"], [prefix] * 4)
 
 
 def test_shared_prefix_length():
@@ -196,10 +199,12 @@ def test_shared_prefix_length():
                              np.array([2], np.int32))
 
     same = list(range(1, 11))
-    # Every prompt keeps one token of its own, so an item equal to the prefix caps it.
+    # Every prompt keeps one token of its own, so a prompt equal to the prefix caps it.
     assert shared_prefix([pair(*same), pair(*same, 11)]).tolist() == same[:9]
     assert shared_prefix([pair(*same, 4), pair(*same, 5), pair(*same[:9], 7, 8)]).tolist() \
         == same[:9]
+    # Half the prompts or more: a truncated prompt (here the first) does not turn it off.
+    assert shared_prefix([pair(3, *same[3:], 4), pair(*same, 5), pair(*same, 6)]).tolist() == same
+    assert shared_prefix([pair(*same, 4), pair(9, *same), pair(8, *same)]).size == 0
     assert shared_prefix([pair(*same, 4), pair(*same, 5)], min_length=11).size == 0
-    assert shared_prefix([pair(*same, 4), pair(9, *same)]).size == 0
     assert shared_prefix([]).size == 0
