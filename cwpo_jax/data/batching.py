@@ -239,27 +239,23 @@ def shared_prefix(items: Sequence[TokenizedPair], *, min_length: int = 8) -> np.
     template's system prompt; prompts truncated from the left lose it), each of those prompts
     keeping one token of its own. Empty when shorter than min_length, where a separate pass is
     not worth it."""
-    heads = Counter(tuple(p.prompt[:min_length].tolist()) for p in _prompts_over(items, min_length))
-    if not heads:
+    # Prompts long enough to keep a token after min_length, keyed by their first min_length.
+    long = [(tuple(p.prompt[:min_length].tolist()), p.prompt)
+            for p in (items[i] for i in range(len(items))) if len(p.prompt) > min_length]
+    if not long:
         return np.zeros(0, np.int32)
-    head, count = heads.most_common(1)[0]
+    (head, count), = Counter(h for h, _ in long).most_common(1)
     if 2 * count < len(items):
         return np.zeros(0, np.int32)
-    members = (p.prompt for p in _prompts_over(items, min_length)
-               if tuple(p.prompt[:min_length].tolist()) == head)
-    first = np.asarray(next(members))
+    members = [prompt for h, prompt in long if h == head]
+    first = np.asarray(members[0])
     n = len(first) - 1
-    for prompt in members:
+    for prompt in members[1:]:
         n = min(n, len(prompt) - 1)
         differ = np.flatnonzero(prompt[:n] != first[:n])
         if differ.size:
             n = int(differ[0])
     return np.array(first[:n], np.int32)
-
-
-def _prompts_over(items, length: int):
-    """The items whose prompt is longer than `length` tokens."""
-    return (p for p in (items[i] for i in range(len(items))) if len(p.prompt) > length)
 
 
 def pack_rows(lengths: Sequence[int], *, row_len: int, max_segments: int) -> list[np.ndarray]:

@@ -127,9 +127,11 @@ def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callabl
                                     pad_id=pad_id(tok))
         return collate, item_lengths(pool)
     chosen, rejected = field_lengths(pool, "chosen"), field_lengths(pool, "rejected")
+    lengths = field_lengths(pool, "prompt") + chosen + rejected
     prefix = shared_prefix(pool) if share_prefix else np.zeros(0, np.int32)
-    shifted = np.array([starts_with(pool[i].prompt, prefix) for i in range(len(pool))], bool)
-    lengths = field_lengths(pool, "prompt") - len(prefix) * shifted + chosen + rejected
+    if len(prefix):  # rows that continue the prefix are that much shorter
+        shifted = np.array([starts_with(pool[i].prompt, prefix) for i in range(len(pool))])
+        lengths = lengths - len(prefix) * shifted
     longest_response = int(np.maximum(chosen, rejected).max(initial=1))
     collate = functools.partial(
         collate_packed_pairs, buckets=default_buckets(_round_up(int(lengths.max(initial=1)), 8)),
