@@ -282,3 +282,42 @@ def test_shared_prefix_pass_equals_whole_rows(tiny_run, tmp_path):
         out[share] = pair_logprobs_pass(run_cfg, model, store, tok, name="test")
     for got, want in zip(out[True], out[False]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_max_pairs_trains_every_method_on_one_seeded_subset(tiny_run, tmp_path):
+    """align.max_pairs: the same seeded subset of the unlabelled pairs for every method, in the
+    split's order; the confidences are the score stage's for those ids; the labelled pairs of
+    human_all stay whole; training and the reference pass see only the subset."""
+    from cwpo_jax.stages import run_folder
+
+    cfg, _ = tiny_run
+    unlabelled = run_folder.load_split(cfg, "unlabelled")
+    k = len(unlabelled) // 2
+    capped_cfg = tiny_config(cfg.output_dir, **{"align.max_pairs": k})
+    pool, n_labelled = align.pool_pairs(capped_cfg)
+    subset = pool[n_labelled:]
+    assert len(subset) == k and n_labelled == len(run_folder.load_split(cfg, "labelled"))
+    order = [p.id for p in unlabelled]
+    positions = [order.index(p.id) for p in subset]
+    assert positions == sorted(positions)  # the split's order kept
+    assert [p.id for p in align.capped(unlabelled[::-1], k, seed=cfg.seed)][::-1] == \
+        [p.id for p in subset]  # which pairs depends on the ids and the seed, not the order
+    assert align.capped(unlabelled, k, seed=cfg.seed + 1) != subset
+    assert align.capped(unlabelled, 0, seed=cfg.seed) == unlabelled
+
+    s = scores.read_scores(os.path.join(cfg.output_dir, "score", "scores.jsonl"))
+    c1 = dict(zip(s["ids"], s["c1"]))
+    ids = [p.id for p in pool]
+    _, weight, keep = align.method_targets(capped_cfg, "weak_confidence", ids, n_labelled)
+    np.testing.assert_array_equal(weight[n_labelled:], [c1[i] for i in ids[n_labelled:]])
+    assert keep[n_labelled:].all() and not keep[:n_labelled].any()
+
+    for stage in ("data", "annotator", "score", "sft", "init"):
+        if os.path.exists(os.path.join(cfg.output_dir, stage)):
+            os.symlink(os.path.join(cfg.output_dir, stage), tmp_path / stage)
+    run_cfg = tiny_config(tmp_path, **{"align.max_pairs": k})
+    done = align.run_method(run_cfg, "human")  # (the scores name the annotator's own path)
+    assert done["pairs"] == k
+    (cache,) = os.listdir(tmp_path / "refcache")
+    with np.load(tmp_path / "refcache" / cache) as f:
+        assert list(f["ids"]) == ids  # human_all's labelled pairs + the subset

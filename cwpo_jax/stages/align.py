@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from cwpo_jax import losses, models, scores
+from cwpo_jax.data.splits import seeded_rank
 from cwpo_jax.evaluation import label_quality
 from cwpo_jax.io_utils import atomic_open, hash_bytes, hash_path, write_json
 from cwpo_jax.stages import common, frozen_layers, run_folder
@@ -105,9 +106,14 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
                              "the controlled settings (data.source=synthetic or demo) write")
         inputs["gold"] = np.asarray([gold[i] for i in ids], np.float64).reshape(-1, 2)
     if m.needs_scores:
-        s = scores.read_scores(scores_path(cfg), expected_ids=ids,
+        # The score stage scored the whole unlabelled split; ids may be a subset of it
+        # (align.max_pairs).
+        scored = [p.id for p in run_folder.load_split(cfg, "unlabelled")]
+        s = scores.read_scores(scores_path(cfg), expected_ids=scored,
                                expected_annotator=annotator_identity(cfg))
-        inputs.update(score_a=s["score_a"], score_b=s["score_b"])
+        row = {pair_id: k for k, pair_id in enumerate(scored)}
+        at = np.asarray([row[i] for i in ids], np.int64)
+        inputs.update(score_a=s["score_a"][at], score_b=s["score_b"][at])
         tau = s["header"]["tau"]  # the temperature the score stage wrote its confidences with
     swap[first:], weight[first:], keep[first:] = targets(
         m, len(ids), kind=cfg.align.confidence, tau=tau,
@@ -228,7 +234,18 @@ def pool_pairs(cfg) -> tuple[list, int]:
     baseline) train on them, so the pool (and the reference pass) holds them only then."""
     wanted = any(METHODS[m].pool == "all" for m in cfg.align.methods)
     labelled = run_folder.load_split(cfg, "labelled") if wanted else []
-    return labelled + run_folder.load_split(cfg, "unlabelled"), len(labelled)
+    return labelled + capped(run_folder.load_split(cfg, "unlabelled"), cfg.align.max_pairs,
+                             seed=cfg.seed), len(labelled)
+
+
+def capped(pairs: list, max_pairs: int, *, seed: int) -> list:
+    """At most max_pairs of pairs (0 = all): those first by seeded_rank of their ids, so the
+    subset depends on the seed and the ids only, in the pairs' own order."""
+    if not max_pairs or len(pairs) <= max_pairs:
+        return pairs
+    chosen = set(sorted(range(len(pairs)), key=lambda i: seeded_rank(pairs[i].id, seed))
+                 [:max_pairs])
+    return [p for i, p in enumerate(pairs) if i in chosen]
 
 
 def write_label_quality(cfg) -> dict | None:

@@ -154,6 +154,7 @@ def _check_align(a, d, check) -> None:
           f"must be > 0, got {a.logprob_batch_size}")
     check(a.lora_rank >= 0, "align.lora_rank", f"must be >= 0, got {a.lora_rank}")
     check(0 <= a.lora_dropout < 1, "align.lora_dropout", f"must be in [0, 1), got {a.lora_dropout}")
+    check(a.max_pairs >= 0, "align.max_pairs", f"must be >= 0, got {a.max_pairs}")
     check(a.frozen_cache_gb >= 0, "align.frozen_cache_gb", f"must be >= 0, got {a.frozen_cache_gb}")
     check(all(isinstance(i, int) for i in a.lora_layers), "align.lora_layers",
           f"must be layer indices (ints), got {a.lora_layers!r}")

@@ -108,6 +108,10 @@ def defaults() -> ml_collections.ConfigDict:
     # With adapters above layer k only, layers 0..k-1 run once per pool and training starts
     # from their output (stages/frozen_layers.py), if it fits in this much host memory; 0 = off.
     c.align.frozen_cache_gb = 4.0
+    # At most this many unlabelled pairs train each method: a seeded subset by pair id, the
+    # same for every method (label quality, the reference pass and each epoch cover only it;
+    # the annotator's diagnostics keep the whole unlabelled share); 0 = all of them.
+    c.align.max_pairs = 0
     # name -> label source; "human_all" trains on human labels of labelled + unlabelled pairs
     c.align.methods = ("human", "weak", "weak_confidence")
     c.align.train = train_section(learning_rate=5e-6, batch_size=32, epochs=4.0)
