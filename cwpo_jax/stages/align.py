@@ -112,6 +112,12 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
         s = scores.read_scores(scores_path(cfg), expected_ids=scored,
                                expected_annotator=annotator_identity(cfg))
         row = {pair_id: k for k, pair_id in enumerate(scored)}
+        unscored = [i for i in ids if i not in row]
+        if unscored:
+            raise scores.ScoresError(
+                f"{scores_path(cfg)}: scores do not match the dataset: {len(unscored)} "
+                f"alignment pairs have none (e.g. {unscored[:3]}); the scores were made for "
+                "other data")
         at = np.asarray([row[i] for i in ids], np.int64)
         inputs.update(score_a=s["score_a"][at], score_b=s["score_b"][at])
         tau = s["header"]["tau"]  # the temperature the score stage wrote its confidences with
