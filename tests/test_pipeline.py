@@ -316,7 +316,8 @@ def test_max_pairs_trains_every_method_on_one_seeded_subset(tiny_run, tmp_path):
         if os.path.exists(os.path.join(cfg.output_dir, stage)):
             os.symlink(os.path.join(cfg.output_dir, stage), tmp_path / stage)
     run_cfg = tiny_config(tmp_path, **{"align.max_pairs": k})
-    done = align.run_method(run_cfg, "human")  # (the scores name the annotator's own path)
+    # human: no scores needed (the score file names tiny_run's annotator path, not this one)
+    done = align.run_method(run_cfg, "human")
     assert done["pairs"] == k
     (cache,) = os.listdir(tmp_path / "refcache")
     with np.load(tmp_path / "refcache" / cache) as f:
