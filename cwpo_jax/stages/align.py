@@ -249,9 +249,8 @@ def capped(pairs: list, max_pairs: int, *, seed: int) -> list:
     subset depends on the seed and the ids only, in the pairs' own order."""
     if not max_pairs or len(pairs) <= max_pairs:
         return pairs
-    chosen = set(sorted(range(len(pairs)), key=lambda i: seeded_rank(pairs[i].id, seed))
-                 [:max_pairs])
-    return [p for i, p in enumerate(pairs) if i in chosen]
+    chosen = set(sorted((p.id for p in pairs), key=lambda i: seeded_rank(i, seed))[:max_pairs])
+    return [p for p in pairs if p.id in chosen]  # split ids are unique
 
 
 def write_label_quality(cfg) -> dict | None:
