@@ -59,7 +59,6 @@ def get_config():
     # The budget chosen with the gold method alone (pilots 3-7): one epoch over ~250 pairs.
     c.align.train.update(dict(learning_rate=2e-3, batch_size=8, epochs=1.0, warmup_steps=2,
                               weight_decay=0.0, log_every=4, save_every=0))
-    c.evaluate.gold_judge = "vader"
     c.evaluate.max_new_tokens = 28
     c.evaluate.temperature = 0.95
     c.evaluate.batch_size = 48

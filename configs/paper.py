@@ -3,10 +3,10 @@
 --config=configs/paper.py:DATASET,PAIR with
   DATASET in hh_rlhf, harmless, helpful, tldr, ultrafeedback
   PAIR    in opt (OPT-125M annotator -> OPT-1.3B student), qwen (Qwen2.5-0.5B -> Qwen2.5-7B)
-Hyperparameters from PAPER.md: annotator BT lr 1e-5 batch 32 full fine-tuning; student SFT lr
-1e-5; preference lr 5e-6, beta 0.5, cosine, 100 warm-up steps, weight decay 0.05, LoRA r=8
-alpha=16 dropout 0.05 on q_proj/v_proj, 4 epochs; 30% labelled; evaluation at temperature 0.95
-and up to 512 new tokens with a gold reward model.
+Hyperparameters from the paper (docs/method.md): annotator BT lr 1e-5 batch 32 full
+fine-tuning; student SFT lr 1e-5; preference lr 5e-6, beta 0.5, cosine, 100 warm-up steps,
+weight decay 0.05, LoRA r=8 alpha=16 dropout 0.05 on q_proj/v_proj, 4 epochs; 30% labelled;
+evaluation at temperature 0.95 and up to 512 new tokens with a gold reward model.
 """
 from cwpo_jax.stages.defaults import defaults
 

@@ -33,7 +33,6 @@ def get_config():
     c.sft.chunk_size = 16
     c.align.logprob_batch_size = 16
     c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
-    c.evaluate.gold_judge = "lexicon"
     c.evaluate.max_new_tokens = 12
     c.evaluate.batch_size = 8
     c.evaluate.bootstrap = 500

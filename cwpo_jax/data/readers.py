@@ -2,7 +2,8 @@
 
 Containers (by file name): .jsonl / .json (JSON lines, or one JSON array), optionally .gz, and
 .parquet. Schemas (by `format`): hh_rlhf, tldr, ultrafeedback, jsonl / parquet (generic, with a
-column mapping) and pairs (our own PreferencePair JSON lines, see write_preferences).
+column mapping), trl (TRL's standard and conversational preference layouts, explicit or implicit
+prompt) and pairs (our own PreferencePair JSON lines, see write_preferences).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cwpo_jax.data.records import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("hh_rlhf", "tldr", "ultrafeedback", "jsonl", "parquet", "pairs")
+FORMATS = ("hh_rlhf", "tldr", "ultrafeedback", "jsonl", "parquet", "trl", "pairs")
+COLUMN_FORMATS = ("jsonl", "parquet", "trl")  # the formats that take a column mapping
 _EXTS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
@@ -285,17 +287,30 @@ def parse_pair_record(row: Mapping[str, Any]) -> PreferencePair:
     )
 
 
-def _parser(format: str, columns: Mapping[str, str] | None, source: str | None):
+def check_format(format: str, columns: Mapping[str, str] | None) -> None:
+    """ValueError (one line) for an unknown format or a column mapping it cannot take."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+    if not columns:
+        return
+    if format not in COLUMN_FORMATS:
+        raise ValueError(f"a column mapping applies to the formats {COLUMN_FORMATS}, not "
+                         f"{format!r}")
+    if format == "trl" and set(columns) & {"response_a", "response_b", "label"}:
+        raise ValueError("format 'trl' takes prompt/chosen/rejected columns, not "
+                         "response_a/response_b/label")
+    schemas.resolve_columns(columns)
+
+
+def _parser(format: str, columns: Mapping[str, str] | None, source: str | None):
+    check_format(format, columns)  # fail on a bad mapping before reading anything
     if format == "pairs":
         return parse_pair_record
+    if format == "trl":
+        return lambda row: schemas.parse_trl(row, columns, source=source or format)
     if format in ("jsonl", "parquet"):
-        schemas.resolve_columns(columns)  # fail on a bad mapping before reading anything
         src = source or format
         return lambda row: schemas.parse_generic(row, columns, source=src)
-    if columns:
-        raise ValueError(f"columns= applies to the generic jsonl/parquet formats, not {format!r}")
     fn = schemas.PARSERS[format]
     return lambda row: fn(row, source=source or format)
 
@@ -336,13 +351,13 @@ def read_preferences(
     'tfds:name[/config]' (data_dir: the TFDS data dir), or a short name of the paper's hub
     datasets (HUB_DATASETS: hh_rlhf, tldr, ultrafeedback).
 
-    format:  hh_rlhf | tldr | ultrafeedback | jsonl | parquet | pairs
+    format:  hh_rlhf | tldr | ultrafeedback | jsonl | parquet | trl | pairs
     split:   for folders and hub datasets, selects files by split name; for TL;DR rows that carry
              a 'split' field, also selects rows.
     strict:  raise BadRowError (file, line, reason) on the first bad row instead of skipping.
-    columns: generic formats only, e.g. {"prompt": "question", "chosen": "good",
-             "rejected": "bad"} or {"prompt": ..., "response_a": ..., "response_b": ...,
-             "label": ...}; optional "id" and "system".
+    columns: jsonl, parquet and trl only, e.g. {"prompt": "question", "chosen": "good",
+             "rejected": "bad"} or (not trl) {"prompt": ..., "response_a": ..., "response_b":
+             ..., "label": ...}; optional "id" and "system".
     report:  a ReadReport that counts kept and skipped rows per reason. Without one, skips are
              logged as a warning when the generator finishes.
     source:  label stored in PreferencePair.source (default: the format name).

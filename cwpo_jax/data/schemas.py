@@ -228,6 +228,66 @@ def parse_generic(
     return make_pair(source, prompt, chosen, rejected, pair_id=pair_id)
 
 
+# ------------------------------------------------------------------- TRL's preference layouts
+def _common_prefix(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _implicit_text_prompt(chosen: str, rejected: str) -> tuple[tuple, str, str]:
+    """Standard layout without a prompt: the prompt is the text both responses start with, cut
+    back to its last whitespace so that no word is split between prompt and response."""
+    n = _common_prefix(chosen, rejected)
+    cut = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
+    prompt = chosen[:cut].strip() if cut > 0 else ""
+    if not prompt:
+        raise SkipRow("no_prompt", "no 'prompt' and chosen and rejected share no leading text")
+    return ({"role": "user", "content": prompt},), chosen[cut:].strip(), rejected[cut:].strip()
+
+
+def _implicit_conversation_prompt(chosen: tuple, rejected: tuple) -> tuple[tuple, str, str]:
+    """Conversational layout without a prompt: the messages both conversations share, then one
+    differing assistant message each."""
+    n = _common_prefix(chosen, rejected)
+    if len(chosen) != n + 1 or len(rejected) != n + 1:
+        raise SkipRow("prompt_mismatch", "chosen and rejected differ before their last message")
+    for msgs, field in ((chosen, "chosen"), (rejected, "rejected")):
+        if msgs[-1]["role"] != "assistant":
+            raise SkipRow("bad_message", f"{field!r} does not end with an assistant message")
+    return chosen[:n], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def parse_trl(
+    row: Mapping[str, Any], columns: Mapping[str, str] | None, source: str = "trl"
+) -> PreferencePair:
+    """TRL's preference datasets, told apart per row: standard (strings) or conversational
+    (lists of {"role", "content"} messages), each with an explicit prompt or an implicit one
+    (no prompt column: the shared start of chosen and rejected is the prompt). `columns` may
+    rename prompt, chosen and rejected and add id and system, as for the generic formats."""
+    cols = resolve_columns(columns)
+    if isinstance(row, Mapping) and row.get(cols["prompt"]) is not None:
+        return parse_generic(row, cols, source=source)
+    chosen, rejected = _field(row, cols["chosen"]), _field(row, cols["rejected"])
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, c, r = _implicit_text_prompt(check_text(chosen, cols["chosen"]),
+                                             check_text(rejected, cols["rejected"]))
+    elif isinstance(chosen, (list, tuple)) and isinstance(rejected, (list, tuple)):
+        prompt, c, r = _implicit_conversation_prompt(check_messages(chosen, cols["chosen"]),
+                                                     check_messages(rejected, cols["rejected"]))
+    else:
+        raise SkipRow("wrong_type", "chosen and rejected must both be strings or both be "
+                                    "lists of messages")
+    if "system" in cols and row.get(cols["system"]):
+        prompt = ({"role": "system",
+                   "content": check_text(row[cols["system"]], cols["system"])},) + tuple(prompt)
+    pair_id = None
+    if "id" in cols and row.get(cols["id"]) not in (None, ""):
+        pair_id = f"{source}:{row[cols['id']]}"
+    return make_pair(source, prompt, c, r, pair_id=pair_id)
+
+
 PARSERS: dict[str, Callable[..., PreferencePair]] = {
     "hh_rlhf": parse_hh_rlhf,
     "tldr": parse_tldr,

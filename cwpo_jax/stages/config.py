@@ -6,6 +6,7 @@ import os
 import ml_collections
 
 from cwpo_jax import confidence, losses
+from cwpo_jax.data import readers
 from cwpo_jax.stages.defaults import defaults
 from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
@@ -25,6 +26,16 @@ def _unknown_keys(cfg, reference, prefix=""):
         elif isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(
                 reference[key], ml_collections.ConfigDict):
             yield from _unknown_keys(cfg[key], reference[key], path + ".")
+
+
+def data_columns(cfg) -> dict[str, str]:
+    """data.columns without the unset ("") entries: the mapping read_preferences takes."""
+    return {k: v for k, v in cfg.data.columns.items() if v}
+
+
+def eval_judge(cfg) -> str:
+    """The judge of GRA: evaluate.gold_judge, or data.gold_judge when that is unset."""
+    return cfg.evaluate.gold_judge or cfg.data.gold_judge
 
 
 def pool_seed(cfg) -> int:
@@ -90,6 +101,11 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _check_annotator(cfg.annotator, check)
     _check_sft(cfg.sft, check)
     _check_evaluate(cfg.evaluate, check)
+    check(cfg.data.source != "file" or bool(cfg.evaluate.gold_judge), "evaluate.gold_judge",
+          "is required for data.source=file: name the judge of GRA (reward_model:PATH, vader, "
+          "lexicon) or none (no GRA; the aligned models and training metrics are still written)")
+    check(not (cfg.sweep.runs and eval_judge(cfg) == "none"), "sweep.runs",
+          "a sweep aggregates GRA, which evaluate.gold_judge=none does not measure")
     _check_mesh(cfg, num_devices, check, errors)
     if cfg.sweep.runs and not errors:
         errors += _sweep_errors(cfg, num_devices)
@@ -104,6 +120,12 @@ def _check_data(d, check, errors) -> None:
     check(d.source in ("file", "synthetic", "demo"), "data.source",
           f"{d.source!r} is not one of file, synthetic, demo")
     check(d.source != "file" or bool(d.path), "data.path", "is required when data.source=file")
+    if d.source == "file":
+        try:
+            readers.check_format(d.format, {k: v for k, v in d.columns.items() if v})
+        except ValueError as e:
+            errors.append(f"data.{'format' if d.format not in readers.FORMATS else 'columns'}: "
+                          f"{e}")
     check(0 < d.labelled_fraction < 1, "data.labelled_fraction",
           f"{d.labelled_fraction} is not in (0, 1)")
     check(0 < d.eval_fraction < 1 and d.labelled_fraction + d.eval_fraction < 1,

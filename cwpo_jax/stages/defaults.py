@@ -36,6 +36,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.path = ""
     c.data.format = "hh_rlhf"
     c.data.split = "train"
+    # The file's column names for data.format jsonl, parquet or trl ("" = the field's own
+    # name): prompt/chosen/rejected, or (jsonl, parquet) prompt/response_a/response_b/label,
+    # label 0/"a" or 1/"b" naming the response the human preferred; id and system optional.
+    c.data.columns = ml_collections.ConfigDict(dict(
+        prompt="", chosen="", rejected="", response_a="", response_b="", label="", id="",
+        system=""))
     c.data.num_pairs = 0  # synthetic / demo: how many pairs; file: 0 = all
     c.data.labelled_fraction = 0.3
     c.data.eval_fraction = 0.05
@@ -117,7 +123,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.align.train = train_section(learning_rate=5e-6, batch_size=32, epochs=4.0)
 
     c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.gold_judge = "vader"
+    # Scores the sampled responses for GRA: vader, lexicon, reward_model:PATH, or none (no
+    # sampling and no GRA; the aligned models and training metrics are still written).
+    # "" = data.gold_judge in the controlled settings; required for data.source=file.
+    c.evaluate.gold_judge = ""
     c.evaluate.max_new_tokens = 512
     c.evaluate.temperature = 0.95
     c.evaluate.top_p = 1.0

@@ -24,10 +24,11 @@ from cwpo_jax import report, scores
 from cwpo_jax.evaluation import gra_of_win_rates, paired_difference, prompt_win_rates
 from cwpo_jax.io_utils import atomic_open, read_json, write_json
 from cwpo_jax.stages import movement, run_folder
+from cwpo_jax.stages.config import eval_judge
 from cwpo_jax.stages.methods import DIFFERENCES
 from cwpo_jax.stages.run_folder import reference_path, scores_path
 from cwpo_jax.stages.sampling import sample_texts
-from cwpo_jax.stages.tables import results_markdown
+from cwpo_jax.stages.tables import results_markdown, training_markdown
 from cwpo_jax.train.hosts import log
 
 STAGE = "eval"
@@ -95,10 +96,12 @@ def run(cfg) -> dict:
     if run_folder.is_done(cfg, STAGE) and run_folder.read_done(cfg, STAGE) == _settings(cfg):
         log(STAGE, "results exist for these settings; skipping")
         return read_json(run_folder.path(cfg, "results.json"))
+    if eval_judge(cfg) == "none":
+        return _results_without_judge(cfg)
     prompts = eval_prompts(cfg)
     if not prompts:
         raise ValueError("the eval split is empty; raise data.eval_fraction")
-    judge = gold_lib.make_judge(cfg.evaluate.gold_judge)
+    judge = gold_lib.make_judge(eval_judge(cfg))
     k = cfg.evaluate.samples_per_prompt
     prompt_texts = [p[-1]["content"] for p in prompts for _ in range(k)]
     ref_path = reference_path(cfg)
@@ -153,4 +156,38 @@ def run(cfg) -> dict:
     run_folder.mark_done(cfg, STAGE, _settings(cfg))
     if jax.process_index() == 0:
         print(results_markdown(results))
+    return results
+
+
+def _results_without_judge(cfg) -> dict:
+    """evaluate.gold_judge=none: nothing is sampled or judged, so there is no GRA. results.json
+    and results.md hold what training measured per method (pairs, mean weight, final loss,
+    where the model is), the annotator's diagnostics against the human labels and, in the
+    controlled settings, label quality; plots/training.png the training curves."""
+    methods = {}
+    for method in cfg.align.methods:
+        summary = run_folder.read_done(cfg, f"align/{method}")
+        methods[method] = {"pairs": summary["pairs"], "mean_weight": summary["mean_weight"],
+                           "final_loss": _final_loss(cfg, method), "policy": summary["policy"]}
+    annotator = {k: v for k, v in run_folder.read_done(cfg, "score").items() if k != "annotator"}
+    annotator.update(run_folder.read_done(cfg, "annotator"))
+    quality_path = run_folder.path(cfg, "align", "label_quality.json")
+    results = {"methods": methods, "differences": {},
+               "label_quality": read_json(quality_path) if os.path.exists(quality_path) else None,
+               "annotator": annotator, "gold_judge": "none",
+               "data": run_folder.read_done(cfg, "data"), "config": cfg.to_dict()}
+    if jax.process_index() == 0:
+        write_json(run_folder.path(cfg, "results.json"), results)
+        with atomic_open(run_folder.path(cfg, "results.md")) as f:
+            f.write(training_markdown(results))
+        curves = {f"align/{m}": report.read_metrics(path) for m in methods
+                  if os.path.exists(path := run_folder.path(cfg, "align", m, "metrics.jsonl"))}
+        if curves:
+            plot = os.path.join(cfg.output_dir, "plots", "training.png")
+            os.makedirs(os.path.dirname(plot), exist_ok=True)
+            report.plot_training(curves, plot)
+            log(STAGE, f"wrote {plot}")
+    run_folder.mark_done(cfg, STAGE, _settings(cfg))
+    log(STAGE, "evaluate.gold_judge=none: no samples and no GRA; results.json holds the "
+               "training results")
     return results

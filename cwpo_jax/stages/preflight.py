@@ -12,6 +12,7 @@ from cwpo_jax import assets
 from cwpo_jax.data.readers import HUB_DATASETS, local_files
 from cwpo_jax.io_utils import read_json
 from cwpo_jax.stages import run_folder
+from cwpo_jax.stages.config import eval_judge
 from cwpo_jax.stages.model_sources import TINY_CONFIGS
 
 JUDGES = ("vader", "lexicon")
@@ -48,12 +49,15 @@ def _model_problem(spec: str) -> str | None:
     return None
 
 
-def _judge_problem(name: str) -> str | None:
+def _judge_problem(name: str, allow_none: bool = False) -> str | None:
+    """Why a gold judge cannot load; `none` (no judge) only where allow_none."""
     if name.startswith("reward_model:"):
         path = name.split(":", 1)[1]
         return "needs a path: reward_model:PATH" if not path else _model_problem(path)
-    return None if name in JUDGES else (
-        f"unknown gold judge {name!r}; expected 'vader', 'lexicon' or 'reward_model:PATH'")
+    if name in JUDGES or (allow_none and name == "none"):
+        return None
+    return (f"unknown gold judge {name!r}; expected 'vader', 'lexicon', 'reward_model:PATH'"
+            + (" or 'none'" if allow_none else ""))
 
 
 def _data_problem(path: str, split: str | None) -> str | None:
@@ -74,7 +78,7 @@ def check_inputs(cfg) -> None:
     """Raise InputError for the first data path, model or gold judge that cannot load."""
     fields = [("annotator.model", _model_problem(cfg.annotator.model)),
               ("sft.model", _model_problem(cfg.sft.model)),
-              ("evaluate.gold_judge", _judge_problem(cfg.evaluate.gold_judge))]
+              ("evaluate.gold_judge", _judge_problem(eval_judge(cfg), allow_none=True))]
     if not run_folder.is_done(cfg, "data"):  # only the data stage reads these
         fields.insert(0, ("data.path", _data_problem(cfg.data.path, cfg.data.split or None))
                       if cfg.data.source == "file" else

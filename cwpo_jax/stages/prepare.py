@@ -1,6 +1,7 @@
 """Stage 0, prepare: preference pool -> labelled / unlabelled / eval splits on disk.
 
-Sources: "file" (any schema `read_preferences` knows; the stored order is the human label),
+Sources: "file" (any schema `read_preferences` knows, with data.columns naming the file's
+columns; the stored order is the human label),
 "synthetic" (generated pairs for the tiny pipeline) and "demo" (responses sampled from the
 student, see stages/demo_data.py). In the controlled settings (synthetic, demo) a gold judge
 scores both responses and simulated raters (Bradley-Terry on the gold scores, temperature fixed
@@ -17,7 +18,7 @@ from cwpo_jax.data import PreferencePair, content_id, load_preferences
 from cwpo_jax.data.splits import seeded_rank, split_pairs
 from cwpo_jax.io_utils import atomic_open, write_json
 from cwpo_jax.stages import run_folder
-from cwpo_jax.stages.config import pool_seed
+from cwpo_jax.stages.config import data_columns, pool_seed
 from cwpo_jax.train.hosts import log
 
 STAGE = "data"
@@ -138,7 +139,8 @@ def run(cfg) -> dict:
     gold = None
     if cfg.data.source == "file":
         pairs, report = load_preferences(cfg.data.path, format=cfg.data.format,
-                                         split=cfg.data.split or None)
+                                         split=cfg.data.split or None,
+                                         columns=data_columns(cfg) or None)
         summary["read_report"] = str(report)
         log(STAGE, f"read {len(pairs)} pairs from {cfg.data.path}: {report}")
     elif cfg.data.source == "synthetic":

@@ -76,3 +76,22 @@ def results_markdown(results: dict) -> str:
         lines += label_quality_markdown(results["label_quality"])
     lines += [""] + annotator_markdown(results["annotator"])
     return "\n".join(lines) + "\n"
+
+
+def training_markdown(results: dict) -> str:
+    """results.md of a run without a gold judge (evaluate.gold_judge=none): no GRA."""
+    cfg = results["config"]
+    lines = [f"Student {cfg['sft']['model']}, weak annotator {cfg['annotator']['model']} "
+             f"trained on {100 * cfg['data']['labelled_fraction']:.0f}% human labels, loss "
+             f"{cfg['align']['loss']} (beta {cfg['align']['beta']}). No gold judge "
+             "(evaluate.gold_judge=none): nothing was sampled or judged, so no GRA.", "",
+             "| method | pairs trained | mean weight | final train loss | model |",
+             "|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        lines.append(f"| {name} | {m['pairs']} | {num(m['mean_weight'])} | "
+                     f"{num(m.get('final_loss'))} | {m['policy']} |")
+    if results.get("label_quality"):
+        lines += ["", "Label quality by gold, before training (what each method trains on):", ""]
+        lines += label_quality_markdown(results["label_quality"])
+    lines += [""] + annotator_markdown(results["annotator"])
+    return "\n".join(lines) + "\n"

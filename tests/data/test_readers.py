@@ -306,7 +306,7 @@ def test_parquet_binary_column_with_bad_utf8(tmp_path):
 def test_bad_column_mapping_fails_before_reading():
     with pytest.raises(ValueError, match="unknown column mapping keys"):
         read_preferences(fixture("generic.jsonl"), format="jsonl", columns={"question": "q"})
-    with pytest.raises(ValueError, match="columns= applies"):
+    with pytest.raises(ValueError, match="a column mapping applies to the formats"):
         read_preferences(fixture("hh_rlhf.jsonl"), format="hh_rlhf", columns=GENERIC)
     with pytest.raises(ValueError, match="unknown format"):
         read_preferences(fixture("hh_rlhf.jsonl"), format="csv")

@@ -14,8 +14,10 @@ from cwpo_jax.gold import RewardModelJudge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", CWPO_COMPILATION_CACHE="")
-# A data file instead of tiny's synthetic pairs (no gold scores, so no "gold" method).
-FILE = ("--config.data.source=file", "--config.align.methods=('human','weak')")
+# A data file instead of tiny's synthetic pairs (no gold scores, so no "gold" method; the
+# judge of GRA named, as a file run must).
+FILE = ("--config.data.source=file", "--config.align.methods=('human','weak')",
+        "--config.evaluate.gold_judge=lexicon")
 
 
 def launch(out, *args, script="launch/pipeline.py", preset="--config=configs/tiny.py"):
