@@ -55,6 +55,31 @@ def test_each_trl_layout_reads_to_the_same_pairs(tmp_path, layout):
         assert (pair.chosen.strip(), pair.rejected.strip()) == (chosen, rejected)
 
 
+def test_a_conversation_keeps_every_turn_and_renders_with_the_students_chat_template(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from cwpo_jax.data import PairTokenizer
+
+    turns = [{"role": "system", "content": "Be brief."},
+             {"role": "user", "content": "Name a colour."},
+             {"role": "assistant", "content": "Red."},
+             {"role": "user", "content": "Another one?"}]
+    row = {"chosen": turns + [{"role": "assistant", "content": "Blue."}],
+           "rejected": turns + [{"role": "assistant", "content": "No."}]}
+    (pair,), _ = load_preferences(write_jsonl(tmp_path / "chat.jsonl", [row]), format="trl")
+    assert list(pair.prompt) == turns and (pair.chosen, pair.rejected) == ("Blue.", "No.")
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator(["x"], trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>")
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    rendered = PairTokenizer(tok, max_prompt_len=64, max_len=128).render_prompt(pair.prompt)
+    assert rendered == ("[system] Be brief.\n[user] Name a colour.\n[assistant] Red.\n"
+                        "[user] Another one?\n[assistant] ")
+
+
 def test_trl_rows_that_fit_no_layout_are_skipped_with_a_reason(tmp_path):
     user = [{"role": "user", "content": "hi"}]
     rows = [{"chosen": "alpha beta", "rejected": "gamma delta"},  # nothing shared: no prompt
