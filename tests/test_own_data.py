@@ -116,6 +116,10 @@ def test_renamed_columns_reach_the_reader_from_the_config(tmp_path):
     cfg.data.format = "hh_rlhf"
     with pytest.raises(config_lib.ConfigError, match="data.columns: a column mapping applies"):
         config_lib.validate(cfg)
+    cfg.data.update(format="jsonl", source="synthetic", num_pairs=96, gold_judge="lexicon",
+                    rater_temperature=0.3)
+    with pytest.raises(config_lib.ConfigError, match="data.columns: names a file's columns"):
+        config_lib.validate(cfg)
 
 
 def launch(out, *args):

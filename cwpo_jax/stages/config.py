@@ -126,6 +126,8 @@ def _check_data(d, check, errors) -> None:
         except ValueError as e:
             errors.append(f"data.{'format' if d.format not in readers.FORMATS else 'columns'}: "
                           f"{e}")
+    check(d.source == "file" or not any(d.columns.values()), "data.columns",
+          f"names a file's columns, but data.source={d.source} reads no file")
     check(0 < d.labelled_fraction < 1, "data.labelled_fraction",
           f"{d.labelled_fraction} is not in (0, 1)")
     check(0 < d.eval_fraction < 1 and d.labelled_fraction + d.eval_fraction < 1,
