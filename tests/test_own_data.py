@@ -169,3 +169,18 @@ def test_every_trl_layout_in_one_file_trains_through_the_launcher_without_a_judg
     assert not glob.glob(str(out / "eval" / "samples_*.jsonl"))  # nothing was sampled
     assert "No gold judge" in (out / "results.md").read_text()
     assert (out / "plots" / "training.png").exists()
+
+
+def test_the_own_data_preset_needs_only_a_path_and_a_judge():
+    sys.path.insert(0, ROOT)
+    from configs import own_data
+
+    cfg = own_data.get_config()
+    cfg.output_dir = "/tmp/unused"
+    with pytest.raises(config_lib.ConfigError) as refused:
+        config_lib.validate(cfg, num_devices=8)
+    assert [line.split(":")[0] for line in str(refused.value).splitlines()] == [
+        "data.path", "evaluate.gold_judge"]
+    cfg.data.path, cfg.evaluate.gold_judge = "my_pairs.jsonl", "none"
+    config_lib.validate(cfg, num_devices=8)
+    assert cfg.data.format == "trl" and "gold" not in cfg.align.methods
