@@ -7,6 +7,7 @@ import ml_collections
 
 from cwpo_jax import confidence, losses
 from cwpo_jax.data import readers
+from cwpo_jax.models.layers import REMAT_POLICIES
 from cwpo_jax.stages.defaults import defaults
 from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
@@ -198,6 +199,8 @@ def _check_train(t, field, check) -> None:
     check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
     check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
           f"{t.compute_dtype!r} is not float32 or bfloat16")
+    check(t.remat in REMAT_POLICIES, f"{field}.remat",
+          f"{t.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
           f"{t.schedule!r} is not cosine or constant")
     check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
