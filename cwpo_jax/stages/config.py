@@ -94,6 +94,10 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
             errors.append(f"{field}: {message}")
 
     check(bool(cfg.output_dir), "output_dir", "is required (--config.output_dir=DIR)")
+    check("://" not in cfg.output_dir, "output_dir",
+          f"{cfg.output_dir!r} is an object-store URL; the run folder must be a path on a "
+          "filesystem every host mounts (NFS, Filestore, Lustre): token stores are memory-mapped "
+          "and checkpoints written in place")
     _check_data(cfg.data, check, errors)
     _check_align(cfg.align, cfg.data, check)
     _check_score(cfg.score, check)
