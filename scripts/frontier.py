@@ -133,6 +133,7 @@ def run(preset, plan) -> None:
 
     from cwpo_jax.stages import pipeline, preflight
     from cwpo_jax.stages.config import ConfigError, validate
+    from cwpo_jax.train.loop import NonFiniteError
 
     cache = os.path.join(os.path.expanduser("~"), ".cache", "cwpo_jax", "xla")
     jax.config.update("jax_compilation_cache_dir", cache)
@@ -149,7 +150,12 @@ def run(preset, plan) -> None:
         preflight.check_inputs(cfg)
         print(f"frontier: seed {folder['seed']}, lr {folder['lr']:g}: "
               f"{', '.join(folder['methods'])}", flush=True)
-        pipeline.run(cfg)
+        try:
+            pipeline.run(cfg)
+        except NonFiniteError as e:
+            # A learning rate too large for a method ends that folder, not the frontier: the
+            # folder has no results and the summary leaves its points out (a rerun tries again).
+            print(f"frontier: {folder['dir']} stopped, left out of the summary: {e}", flush=True)
 
 
 def finished_points(plan) -> dict:
