@@ -42,6 +42,10 @@ def test_preset_points_and_cost():
     cfg = script.point_config(preset, plan[1])
     assert cfg.align.train.learning_rate == plan[1]["lr"] and cfg.seed == plan[1]["seed"]
     assert cfg.evaluate.samples_per_prompt == 4 and cfg.output_dir == plan[1]["dir"]
+    from cwpo_jax.stages.config import validate
+
+    for folder in plan:
+        validate(script.point_config(preset, folder), num_devices=1)
 
 
 def test_matched_kl_summary_against_hand_computation(tmp_path):
