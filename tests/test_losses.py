@@ -50,6 +50,64 @@ def np_simpo(pc, pr, beta, gamma, nc, nr):
     return -np_log_sigmoid(beta * (pc / np.maximum(nc, 1) - pr / np.maximum(nr, 1)) - gamma)
 
 
+def np_sigmoid(x):
+    return np.exp(np_log_sigmoid(x))
+
+
+def np_ratios(pc, pr, rc, rr):
+    return pc - rc, pr - rr
+
+
+def np_exo(pc, pr, rc, rr, beta, e):
+    # KL(q || p) of q = (sigmoid(z), sigmoid(-z)) against p = (1 - e, e)
+    z = beta * np_margin(pc, pr, rc, rr)
+    q = np.stack([np_sigmoid(z), np_sigmoid(-z)])
+    p = np.array([1 - e, e])[:, None]
+    return (q * (np.log(q) - np.log(p))).sum(0)
+
+
+def np_nca(pc, pr, rc, rr, beta):
+    c, r = (beta * x for x in np_ratios(pc, pr, rc, rr))
+    return -np_log_sigmoid(c) - 0.5 * np_log_sigmoid(-c) - 0.5 * np_log_sigmoid(-r)
+
+
+def np_bco(pc, pr, rc, rr, beta):
+    c, r = (beta * x for x in np_ratios(pc, pr, rc, rr))
+    return -np_log_sigmoid(c) - np_log_sigmoid(-r)
+
+
+def np_sppo(pc, pr, rc, rr, beta):
+    c, r = np_ratios(pc, pr, rc, rr)
+    return (c - 1 / (2 * beta)) ** 2 + (r + 1 / (2 * beta)) ** 2
+
+
+def np_apo_zero(pc, pr, rc, rr, beta):
+    c, r = np_ratios(pc, pr, rc, rr)
+    return 1 - np_sigmoid(beta * c) + np_sigmoid(beta * r)
+
+
+def np_apo_down(pc, pr, rc, rr, beta):
+    c, r = np_ratios(pc, pr, rc, rr)
+    return np_sigmoid(beta * c) + 1 - np_sigmoid(beta * (c - r))
+
+
+def np_discopop(pc, pr, rc, rr, beta, tau):
+    z = beta * np_margin(pc, pr, rc, rr)
+    m = np_sigmoid(z / tau)
+    return (1 - m) * -np_log_sigmoid(z) + m * np.exp(-z)
+
+
+def np_sigmoid_norm(pc, pr, rc, rr, beta, nc, nr):
+    h = (pc - rc) / np.maximum(nc, 1) - (pr - rr) / np.maximum(nr, 1)
+    return -np_log_sigmoid(beta * h)
+
+
+def np_aot_sum(policy_margin, ref_margin, beta, e):
+    """Sum over ranks of AOT's smoothed loss of the sorted margins."""
+    z = beta * (np.sort(policy_margin) - np.sort(ref_margin))
+    return (-(1 - e) * np_log_sigmoid(z) - e * np_log_sigmoid(-z)).sum()
+
+
 def np_sequence_logprobs(logits, targets, mask):
     logits = logits.astype(np.float64)
     out = np.zeros(logits.shape[0])
@@ -103,6 +161,64 @@ CASES = [
             a[0], a[1], beta=2.0, gamma=0.5, chosen_tokens=a[4], rejected_tokens=a[5]
         ),
         lambda a: np_simpo(a[0], a[1], 2.0, 0.5, a[4], a[5]),
+    ),
+    (
+        "exo_pair",
+        lambda a: losses.exo_pair_loss(*a[:4], beta=0.05, label_smoothing=0.01),
+        lambda a: np_exo(*a[:4], 0.05, 0.01),
+    ),
+    ("nca_pair", lambda a: losses.nca_pair_loss(*a[:4], beta=0.1), lambda a: np_nca(*a[:4], 0.1)),
+    ("bco_pair", lambda a: losses.bco_pair_loss(*a[:4], beta=0.1), lambda a: np_bco(*a[:4], 0.1)),
+    (
+        "sppo_hard",
+        lambda a: losses.sppo_hard_loss(*a[:4], beta=0.5),
+        lambda a: np_sppo(*a[:4], 0.5),
+    ),
+    (
+        "apo_zero",
+        lambda a: losses.apo_zero_loss(*a[:4], beta=0.05),
+        lambda a: np_apo_zero(*a[:4], 0.05),
+    ),
+    (
+        "apo_down",
+        lambda a: losses.apo_down_loss(*a[:4], beta=0.05),
+        lambda a: np_apo_down(*a[:4], 0.05),
+    ),
+    (
+        "discopop",
+        lambda a: losses.discopop_loss(*a[:4], beta=0.02, discopop_tau=0.3),
+        lambda a: np_discopop(*a[:4], 0.02, 0.3),
+    ),
+    (
+        "sft",
+        lambda a: losses.sft_loss(a[0], chosen_tokens=a[4]),
+        lambda a: -a[0] / np.maximum(a[4], 1),
+    ),
+    (
+        "sigmoid_norm",
+        lambda a: losses.sigmoid_norm_loss(*a[:4], beta=2.0, chosen_tokens=a[4],
+                                           rejected_tokens=a[5]),
+        lambda a: np_sigmoid_norm(*a[:4], 2.0, a[4], a[5]),
+    ),
+    (
+        "dpo_forward_kl",  # f'(t) = 1 - 1/t at t = pi / ref
+        lambda a: losses.dpo_loss(*(x / 30 for x in a[:4]), beta=0.5, f_divergence="forward_kl"),
+        lambda a: -np_log_sigmoid(0.5 * (np.exp(-(a[1] - a[3]) / 30)
+                                         - np.exp(-(a[0] - a[2]) / 30))),
+    ),
+    (
+        "hinge_js",  # f'(t) = log(2t / (1 + t))
+        lambda a: losses.hinge_loss(*a[:4], beta=0.2, f_divergence="js_divergence"),
+        lambda a: np.maximum(0.0, 1 - 0.2 * (
+            np.log(2 / (1 + np.exp(-(a[0] - a[2])))) - np.log(2 / (1 + np.exp(-(a[1] - a[3])))))),
+    ),
+    (
+        "ipo_alpha",  # f'(t) = (t^(a-1) - 1) / (a - 1), a = 0.3
+        lambda a: losses.ipo_loss(*a[:4], beta=0.5, chosen_tokens=a[4], rejected_tokens=a[5],
+                                  f_divergence="alpha_divergence", f_alpha_coef=0.3),
+        lambda a: ((np.expm1(-0.7 * (a[0] - a[2])) / -0.7) / np.maximum(a[4], 1)
+                   - (np.expm1(-0.7 * (a[1] - a[3])) / -0.7) / np.maximum(a[5], 1)
+                   - 1 / (2 * 0.5)) ** 2,
     ),
     (
         "bt",
@@ -163,7 +279,20 @@ def test_ipo_empty_response_is_finite():
 def test_pair_loss_fn_calls_the_table_entry():
     pc, pr, rc, rr, nc, nr = (jnp.asarray(x, jnp.float32) for x in random_logps(7, n=5,
                                                                                scale=2.0))
+    valid = jnp.ones_like(pc)
     expected = {
+        "exo_pair": losses.exo_pair_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "nca_pair": losses.nca_pair_loss(pc, pr, rc, rr, beta=0.5),
+        "bco_pair": losses.bco_pair_loss(pc, pr, rc, rr, beta=0.5),
+        "sppo_hard": losses.sppo_hard_loss(pc, pr, rc, rr, beta=0.5),
+        "aot": losses.aot_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1, valid=valid),
+        "aot_unpaired": losses.aot_unpaired_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
+        "apo_zero": losses.apo_zero_loss(pc, pr, rc, rr, beta=0.5),
+        "apo_down": losses.apo_down_loss(pc, pr, rc, rr, beta=0.5),
+        "discopop": losses.discopop_loss(pc, pr, rc, rr, beta=0.5, discopop_tau=0.05),
+        "sft": losses.sft_loss(pc, chosen_tokens=nc),
+        "sigmoid_norm": losses.sigmoid_norm_loss(pc, pr, rc, rr, beta=0.5, chosen_tokens=nc,
+                                                 rejected_tokens=nr),
         "dpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.5),
         "cdpo": losses.cdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
         "rdpo": losses.rdpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1),
@@ -175,9 +304,87 @@ def test_pair_loss_fn_calls_the_table_entry():
     assert set(expected) == set(losses.PAIR_LOSSES)
     for name, want in expected.items():
         fn = losses.pair_loss_fn(name, beta=0.5, label_smoothing=0.1, gamma=0.3)
-        np.testing.assert_array_equal(fn(pc, pr, rc, rr, nc, nr), want, err_msg=name)
+        np.testing.assert_array_equal(fn(pc, pr, rc, rr, nc, nr, valid=valid), want,
+                                      err_msg=name)
+    for trl_name, ours in losses.LOSS_ALIASES.items():  # TRL's names are ours
+        np.testing.assert_array_equal(
+            losses.pair_loss_fn(trl_name, beta=0.5, label_smoothing=0.1)(pc, pr, rc, rr, nc, nr),
+            expected[ours])
+    mixture = losses.pair_loss_fn("sigmoid, sft,robust", loss_weights=(0.8, 1.0, 0.2), beta=0.5,
+                                  label_smoothing=0.1)(pc, pr, rc, rr, nc, nr)
+    np.testing.assert_allclose(
+        mixture, 0.8 * expected["dpo"] + expected["sft"] + 0.2 * expected["rdpo"], rtol=1e-6)
+    raw = pc - 1.0  # sft reads the raw chosen log-prob where the step passes one (ld_alpha)
+    np.testing.assert_array_equal(
+        losses.pair_loss_fn("sft", beta=0.5)(pc, pr, rc, rr, nc, nr, raw_policy_chosen=raw),
+        losses.sft_loss(raw, chosen_tokens=nc))
     with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
         losses.pair_loss_fn("kto", beta=0.5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "dpo,sigmoid"}, "names a loss twice"),
+    ({"name": "dpo,"}, "must be one or more names"),
+    ({"name": "dpo,sft", "loss_weights": (1.0,)}, "one weight per loss"),
+    ({"name": "exo_pair"}, "exo_pair needs label_smoothing > 0"),
+    ({"name": "bco_pair", "f_divergence": "js_divergence"}, "needs losses among"),
+    ({"name": "dpo", "f_divergence": "tv"}, "unknown f_divergence 'tv'"),
+    ({"name": "discopop", "discopop_tau": 0.0}, "discopop_tau must be > 0"),
+])
+def test_pair_loss_fn_refuses_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.pair_loss_fn(kwargs.pop("name"), beta=0.5, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(losses.BATCH_LOSSES))
+def test_batch_losses_sort_only_valid_rows(x64, name):
+    """AOT sorts the batch: its row sum is the float64 sorted-margin loss of the valid rows;
+    padding rows (valid 0, here with extreme log-probs) neither enter the sort nor count."""
+    pc, pr, rc, rr, *_ = random_logps(11, n=9, scale=3.0)
+    valid = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], float)
+    pc[valid == 0], rr[valid == 0] = 1e3, -1e3
+    fn = getattr(losses, f"{name}_loss")
+    got = np.asarray(fn(pc, pr, rc, rr, beta=0.4, label_smoothing=0.1, valid=valid))
+    keep = valid > 0
+    if name == "aot":
+        margins = (pc - pr)[keep], (rc - rr)[keep]
+    else:
+        margins = (pc - rc)[keep], (pr - rr)[keep]
+    assert (got[~keep] == 0).all()
+    np.testing.assert_allclose(got.sum(), np_aot_sum(*margins, 0.4, 0.1), rtol=1e-12)
+    # without padding it is one per rank; a permutation of the rows permutes nothing
+    full = np.asarray(fn(pc[keep], pr[keep], rc[keep], rr[keep], beta=0.4, label_smoothing=0.1))
+    perm = np.random.default_rng(0).permutation(keep.sum())
+    again = np.asarray(fn(pc[keep][perm], pr[keep][perm], rc[keep][perm], rr[keep][perm],
+                          beta=0.4, label_smoothing=0.1))
+    np.testing.assert_allclose(np.sort(full), np.sort(got[keep]), rtol=1e-12)
+    np.testing.assert_allclose(again, full, rtol=1e-12)
+
+
+def test_length_desensitised_and_wpo_weights(x64):
+    """LD-DPO: tokens past the pair's shared length count ld_alpha times; WPO: exp of the mean
+    aligned log-prob of each response, multiplied, with no gradient."""
+    rng = np.random.default_rng(5)
+    token_logp = -rng.uniform(0.1, 2.0, (4, 6))
+    mask = np.array([[1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0],
+                     [1, 1, 1, 1, 0, 0]], float)
+    shared = np.array([3, 2, 3, 2], float)  # pairs (0, 2), (1, 3): min lengths 2 and 4 -> 3, 2
+    lss = -rng.uniform(0.5, 3.0, (4, 6))
+    parts = losses.logprob_parts(token_logp, mask, shared_tokens=shared, token_log_sum_sq=lss)
+    for b in range(4):
+        toks = token_logp[b][mask[b] > 0]
+        assert parts["shared"][b] == pytest.approx(toks[:int(shared[b])].sum(), rel=1e-12)
+        assert parts["logp"][b] == pytest.approx(toks.sum(), rel=1e-12)
+        assert parts["wpo"][b] == pytest.approx(((token_logp - lss)[b] * mask[b]).sum())
+    ld = losses.length_desensitised(parts["logp"], parts["shared"], 0.25)
+    np.testing.assert_allclose(ld, parts["shared"] + 0.25 * (parts["logp"] - parts["shared"]))
+    np.testing.assert_allclose(losses.length_desensitised(parts["logp"], parts["shared"], 1.0),
+                               parts["logp"])
+    n = mask.sum(-1)
+    w = losses.wpo_weights(parts["wpo"][:2], parts["wpo"][2:], n[:2], n[2:])
+    np.testing.assert_allclose(w, np.exp(parts["wpo"][:2] / n[:2] + parts["wpo"][2:] / n[2:]))
+    grad = jax.grad(lambda a: jnp.sum(losses.wpo_weights(a, a, n[:2], n[:2])))(parts["wpo"][:2])
+    assert (np.asarray(grad) == 0).all()
 
 
 @pytest.mark.parametrize("name", losses.PAIR_LOSSES)

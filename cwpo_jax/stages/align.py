@@ -4,12 +4,15 @@ One run per align.methods entry; what each method trains on (labels, weights, wh
 its entry in stages/methods.py.
 Before any training, align/label_quality.json records how good each method's labels are by
 gold (evaluation.label_quality), from labels, weights and gold alone.
-Any loss of losses.py (align.loss). With align.packed_pairs each pair is one packed row (prompt
+Any loss of losses.py (align.loss: our names or TRL's loss_type names, one or a weighted
+mixture with align.loss_weights; f-divergences, ld_alpha and WPO's use_weighting as in TRL's
+DPOTrainer; losses.pair_loss_fn). With align.packed_pairs each pair is one packed row (prompt
 + chosen + rejected, the prompt run once) and only response positions go through the LM head;
 the log-probs equal those of separate chosen/rejected rows (tests/engine/test_packed_pairs.py).
 The pool's token ids are a token store (data/token_store.py) under tokens/, memory-mapped.
 Reference log-probs come from one jitted pass over the pool,
-cached on disk under refcache/ by a content hash of (the store's key, reference checkpoint),
+cached on disk under refcache/ by a content hash of (the store's key, reference checkpoint,
+and align.ld_alpha when it is not 1),
 and reused by every method and rerun; the reference model is freed before training starts.
 """
 from __future__ import annotations
@@ -48,9 +51,12 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok, *, model=None,
     tokenized: the pool's TokenStore (its key stands for its token ids). model: the reference
     model, if loaded; with start_layer and residuals the pass starts from the frozen layers'
     cached output (one forward pass in all, not one and a part)."""
+    ld_alpha = cfg.align.ld_alpha
     key = hash_bytes(tokenized.key.encode(), hash_path(ref_path).encode(),
                      str(cfg.align.chunk_size).encode(),
-                     b"packed" if cfg.align.packed_pairs else b"rows")
+                     b"packed" if cfg.align.packed_pairs else b"rows",
+                     # length-desensitised sums differ; plain ones keep their old key
+                     *([f"ld_alpha={ld_alpha!r}".encode()] if ld_alpha != 1.0 else []))
     cache = run_folder.path(cfg, "refcache", f"{key}.npz")
     if os.path.exists(cache):
         cached = _read_cache(cache, ids)
@@ -60,7 +66,8 @@ def reference_logprobs(cfg, ids, tokenized, ref_path: str, tok, *, model=None,
     log(STAGE, "reference log-probs: computing (one jitted pass)")
     chosen, rejected = pair_logprobs_pass(
         cfg, model if model is not None else models.from_pretrained(ref_path), tokenized, tok,
-        name=STAGE + "/reference", start_layer=start_layer, residuals=residuals)
+        name=STAGE + "/reference", start_layer=start_layer, residuals=residuals,
+        ld_alpha=ld_alpha)
     if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
         raise FloatingPointError("reference log-probs contain NaN/inf; check the reference model")
     if jax.process_index() == 0:
@@ -123,7 +130,7 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
         tau = s["header"]["tau"]  # the temperature the score stage wrote its confidences with
     swap[first:], weight[first:], keep[first:] = targets(
         m, len(ids), kind=cfg.align.confidence, tau=tau,
-        fraction=cfg.align.top_fraction, rater_temperature=cfg.data.rater_temperature, **inputs)
+        fraction=cfg.align.top_fraction, **inputs)
     return swap, weight, keep
 
 
@@ -177,12 +184,14 @@ def _train(cfg, method: str, stage: str) -> dict:
         model = models.apply_lora(model, lora, rngs=nnx.Rngs(cfg.seed))
         model.train()
         trainable = models.trainable_filter(model)
-    pair_loss = losses.pair_loss_fn(cfg.align.loss, beta=cfg.align.beta,
-                                    label_smoothing=cfg.align.label_smoothing,
-                                    gamma=cfg.align.gamma)
-    task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=cfg.align.beta,
-                             normalize=cfg.align.normalize, chunk_size=cfg.align.chunk_size,
-                             start_layer=start_layer)
+    a = cfg.align
+    pair_loss = losses.pair_loss_fn(
+        a.loss, beta=a.beta, label_smoothing=a.label_smoothing, gamma=a.gamma,
+        loss_weights=a.loss_weights, discopop_tau=a.discopop_tau,
+        f_divergence=a.f_divergence_type, f_alpha_coef=a.f_alpha_divergence_coef)
+    task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=a.beta,
+                             normalize=a.normalize, chunk_size=a.chunk_size,
+                             start_layer=start_layer, ld_alpha=a.ld_alpha, wpo=a.use_weighting)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
     frozen_weights = cfg.align.lora_rank > 0
     flops = train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights,

@@ -7,7 +7,6 @@ import ml_collections
 
 from cwpo_jax import confidence, losses
 from cwpo_jax.data import readers
-from cwpo_jax.models.layers import REMAT_POLICIES
 from cwpo_jax.stages.defaults import defaults
 from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
@@ -94,10 +93,6 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
             errors.append(f"{field}: {message}")
 
     check(bool(cfg.output_dir), "output_dir", "is required (--config.output_dir=DIR)")
-    check("://" not in cfg.output_dir, "output_dir",
-          f"{cfg.output_dir!r} is an object-store URL; the run folder must be a path on a "
-          "filesystem every host mounts (NFS, Filestore, Lustre): token stores are memory-mapped "
-          "and checkpoints written in place")
     _check_data(cfg.data, check, errors)
     _check_align(cfg.align, cfg.data, check)
     _check_score(cfg.score, check)
@@ -164,10 +159,15 @@ def _check_data(d, check, errors) -> None:
 
 
 def _check_align(a, d, check) -> None:
-    check(a.loss in losses.PAIR_LOSSES, "align.loss", f"{a.loss!r} not in {losses.PAIR_LOSSES}")
+    try:
+        names = losses.loss_names(a.loss)
+    except ValueError as e:
+        names = ()
+        check(False, "align.loss", str(e))
     check(a.beta > 0, "align.beta", f"must be > 0, got {a.beta}")
     check(0 <= a.label_smoothing < 0.5, "align.label_smoothing",
           f"must be in [0, 0.5), got {a.label_smoothing}")
+    _check_loss_options(a, names, check)
     check(a.confidence in confidence.CONFIDENCE_KINDS, "align.confidence",
           f"{a.confidence!r} not in {confidence.CONFIDENCE_KINDS}")
     check(0 < a.top_fraction <= 1, "align.top_fraction", f"must be in (0, 1], got {a.top_fraction}")
@@ -189,6 +189,30 @@ def _check_align(a, d, check) -> None:
           f"must be layer indices (ints), got {a.lora_layers!r}")
 
 
+def _check_loss_options(a, names, check) -> None:
+    """The options of align.loss (names: its resolved losses, () when it is invalid)."""
+    check(not a.loss_weights or len(a.loss_weights) == len(names), "align.loss_weights",
+          f"{tuple(a.loss_weights)} must give one weight per loss of {a.loss!r}")
+    check(all(isinstance(w, (int, float)) and w >= 0 for w in a.loss_weights),
+          "align.loss_weights", f"must be numbers >= 0, got {tuple(a.loss_weights)}")
+    check(a.discopop_tau > 0, "align.discopop_tau", f"must be > 0, got {a.discopop_tau}")
+    check(a.f_divergence_type in losses.F_DIVERGENCES, "align.f_divergence_type",
+          f"{a.f_divergence_type!r} not in {losses.F_DIVERGENCES}")
+    check(a.f_divergence_type == "reverse_kl" or set(names) <= losses.F_DIVERGENCE_LOSSES,
+          "align.f_divergence_type", f"{a.f_divergence_type} needs losses among "
+          f"{sorted(losses.F_DIVERGENCE_LOSSES)}, not {a.loss!r}")
+    check(0 <= a.ld_alpha <= 1, "align.ld_alpha", f"must be in [0, 1], got {a.ld_alpha}")
+    check("exo_pair" not in names or a.label_smoothing > 0, "align.label_smoothing",
+          "exo_pair needs label_smoothing > 0 (the EXO paper suggests 1e-3)")
+    batch = sorted(losses.BATCH_LOSSES & set(names))
+    if batch:
+        weighted = [m for m in a.methods if m in METHOD_TABLE and METHOD_TABLE[m].weighting != "one"]
+        check(not weighted, "align.loss", f"{batch[0]} sorts the batch, so its rows are not "
+              f"pairs and cannot take the per-pair weights of align.methods {weighted}")
+        check(not a.use_weighting, "align.use_weighting",
+              f"WPO's per-pair weights cannot apply to {batch[0]}, which sorts the batch")
+
+
 def _check_score(s, check) -> None:
     check(s.tau > 0, "score.tau", f"must be > 0, got {s.tau}")
     check(s.batch_size > 0, "score.batch_size", f"must be > 0, got {s.batch_size}")
@@ -203,8 +227,6 @@ def _check_train(t, field, check) -> None:
     check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
     check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
           f"{t.compute_dtype!r} is not float32 or bfloat16")
-    check(t.remat in REMAT_POLICIES, f"{field}.remat",
-          f"{t.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
           f"{t.schedule!r} is not cosine or constant")
     check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")

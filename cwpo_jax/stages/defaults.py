@@ -19,9 +19,6 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     c.max_steps = 0  # > 0 caps the number of steps
     c.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
     c.scan_layers = False  # Llama family: layers under one lax.scan (one layer compiled, not L)
-    # Activation memory of the backward pass: "none" keeps every layer's activations, "full"
-    # recomputes each layer from its input, "dots" keeps only the matmul outputs.
-    c.remat = "none"
     c.log_every = 10
     c.save_every = 500
     c.keep_checkpoints = 2
@@ -90,10 +87,27 @@ def defaults() -> ml_collections.ConfigDict:
     c.sft.train = train_section(learning_rate=1e-5, batch_size=32, epochs=1.0)
 
     c.align = ml_collections.ConfigDict()
+    # The per-pair loss (losses.PAIR_LOSS_TABLE), by our name or TRL's loss_type (sigmoid =
+    # dpo, robust = rdpo); several separated by commas ("sigmoid,sft") train on their mixture
+    # sum_k loss_weights[k] * l_k (MPO; RPO is "sigmoid,sft"). aot and aot_unpaired sort the
+    # batch and so take no per-pair weights: methods that weight pairs are refused with them.
     c.align.loss = "dpo"
+    c.align.loss_weights = ()  # one weight per loss of align.loss; () = all 1
     c.align.beta = 0.5
+    # cdpo's and aot's smoothing, rdpo's / robust's flip rate, exo_pair's epsilon (must be > 0)
     c.align.label_smoothing = 0.0
-    c.align.gamma = 0.0
+    c.align.gamma = 0.0  # simpo's target margin
+    c.align.discopop_tau = 0.05  # discopop's temperature
+    # f-DPO's regulariser: reverse_kl (plain DPO), forward_kl, js_divergence, alpha_divergence
+    # (its alpha: f_alpha_divergence_coef); for the losses of losses.F_DIVERGENCE_LOSSES.
+    c.align.f_divergence_type = "reverse_kl"
+    c.align.f_alpha_divergence_coef = 0.5
+    # LD-DPO: response tokens past the pair's shared length count ld_alpha times in the policy
+    # and reference log-probs; 1 = plain sums (TRL's ld_alpha=None).
+    c.align.ld_alpha = 1.0
+    # WPO: each pair's loss times exp(mean aligned token log-prob) of both responses under the
+    # policy (no gradient), and then times its confidence weight.
+    c.align.use_weighting = False
     c.align.normalize = False
     c.align.confidence = "c1"
     c.align.top_fraction = 0.3

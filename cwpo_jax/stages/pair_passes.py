@@ -22,7 +22,6 @@ from cwpo_jax.data.batching import (
 )
 from cwpo_jax.data.token_store import field_lengths, item_lengths
 from cwpo_jax.data.tokenize import pad_id
-from cwpo_jax.models import layers
 from cwpo_jax.stages import common
 from cwpo_jax.train import tasks
 from cwpo_jax.train.hosts import log
@@ -111,9 +110,7 @@ def shares_prefix(cfg, model, start_layer: int = 0) -> bool:
     path that carries the prefix runs (not from a frozen layer's output, not scanned or
     rematerialised layers)."""
     return bool(cfg.align.packed_pairs and cfg.align.shared_prefix and not start_layer
-                and not cfg.align.train.scan_layers
-                and layers.remat_policy(model.config.remat) == "none"
-                and cfg.align.train.remat == "none")
+                and not cfg.align.train.scan_layers and not model.config.remat)
 
 
 def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callable, np.ndarray]:
@@ -144,11 +141,12 @@ def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callabl
 
 
 def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: int = 0,
-                       residuals=None) -> tuple[np.ndarray, np.ndarray]:
+                       residuals=None, ld_alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs of every tokenized pair's chosen and rejected response under `model`,
     [N] each, in one jitted pass (align.logprob_batch_size pairs per batch, the alignment
     layout). start_layer > 0: the layers below it are not run; `residuals` (one per pair,
-    stages/frozen_layers.py) is their output."""
+    stages/frozen_layers.py) is their output. ld_alpha < 1: length-desensitised sums
+    (losses.length_desensitised), as the alignment step computes the policy's."""
     batch_size = cfg.align.logprob_batch_size
     pool_collate, lengths = pair_batches(cfg, tokenized, tok,
                                          share_prefix=shares_prefix(cfg, model, start_layer))
@@ -160,7 +158,8 @@ def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: in
                                                 length=batch["input_ids"].shape[1])
         return batch
 
-    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size, start_layer=start_layer)
+    fn = functools.partial(_logprob_fn, chunk_size=cfg.align.chunk_size, start_layer=start_layer,
+                           ld_alpha=ld_alpha)
     chosen = np.full(len(tokenized), np.nan)
     rejected = np.full(len(tokenized), np.nan)
     for batch, logp in batched_pass(model, fn, lengths=lengths, collate=collate,
@@ -173,8 +172,9 @@ def pair_logprobs_pass(cfg, model, tokenized, tok, *, name: str, start_layer: in
     return chosen, rejected
 
 
-def _logprob_fn(model, batch, *, chunk_size, start_layer=0):
-    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size, start_layer=start_layer)[0]
+def _logprob_fn(model, batch, *, chunk_size, start_layer=0, ld_alpha=1.0):
+    return tasks.pair_logprobs(model, batch, chunk_size=chunk_size, start_layer=start_layer,
+                               ld_alpha=ld_alpha)[0]
 
 
 def place_residuals(pair_index, items, item_residuals, swap, *, length: int) -> np.ndarray:

@@ -17,20 +17,43 @@ import jax.numpy as jnp
 from cwpo_jax import losses
 
 
-def response_logprobs(model, batch, *, chunk_size: int = 0):
-    """Summed log-probs of each row's response tokens, [N], and their counts [N].
+def _logprob_parts(hidden, head, targets, mask, *, chunk_size: int, shared: bool, wpo: bool):
+    """losses.(chunked_)sequence_logprob_parts of a pair batch's [2B] response rows; shared:
+    the "shared" sums over the first min(n+, n-) tokens of each pair's responses (LD-DPO)."""
+    shared_tokens = None
+    if shared:
+        counts = jnp.sum(mask.astype(jnp.float32), axis=-1)
+        half = counts.shape[0] // 2
+        shared_tokens = jnp.tile(jnp.minimum(counts[:half], counts[half:]), 2)
+    if chunk_size:
+        return losses.chunked_sequence_logprob_parts(hidden, head, targets, mask,
+                                                     chunk_size=chunk_size,
+                                                     shared_tokens=shared_tokens, wpo=wpo)
+    logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    return losses.sequence_logprob_parts(logits, targets, mask, shared_tokens=shared_tokens,
+                                         wpo=wpo)
+
+
+def response_logprob_parts(model, batch, *, chunk_size: int = 0, shared: bool = False,
+                           wpo: bool = False) -> dict:
+    """{"logp", "tokens"} [N] of each row's response tokens, plus "shared" [N] (shared: rows
+    [:B] and [B:] are a pair batch's chosen and rejected) and "wpo" [N] (wpo); see
+    losses.logprob_parts.
 
     Position t of the hidden states predicts token t + 1. chunk_size > 0 uses the chunked path
     (no [N, T, V] logits); 0 projects all positions at once.
     """
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["response_mask"][:, 1:]
-    head = model.lm_head_matrix()
-    if chunk_size:
-        return losses.chunked_sequence_logprobs(hidden, head, targets, mask, chunk_size=chunk_size)
-    logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
-    return losses.sequence_logprobs(logits, targets, mask)
+    return _logprob_parts(hidden, model.lm_head_matrix(), batch["input_ids"][:, 1:],
+                          batch["response_mask"][:, 1:], chunk_size=chunk_size, shared=shared,
+                          wpo=wpo)
+
+
+def response_logprobs(model, batch, *, chunk_size: int = 0):
+    """Summed log-probs of each row's response tokens, [N], and their counts [N]
+    (response_logprob_parts' "logp" and "tokens")."""
+    parts = response_logprob_parts(model, batch, chunk_size=chunk_size)
+    return parts["logp"], parts["tokens"]
 
 
 def packed_visibility(segment_ids, attention_mask):
@@ -87,7 +110,16 @@ def packed_hidden(model, batch, *, start_layer: int = 0, stop_layer: int | None 
 
 
 def packed_response_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0):
-    """Like response_logprobs for a packed pair batch: [2B] summed log-probs and counts.
+    """Like response_logprobs for a packed pair batch: [2B] summed log-probs and counts
+    (packed_response_logprob_parts' "logp" and "tokens")."""
+    parts = packed_response_logprob_parts(model, batch, chunk_size=chunk_size,
+                                          start_layer=start_layer)
+    return parts["logp"], parts["tokens"]
+
+
+def packed_response_logprob_parts(model, batch, *, chunk_size: int = 0, start_layer: int = 0,
+                                  shared: bool = False, wpo: bool = False) -> dict:
+    """Like response_logprob_parts for a packed pair batch: [2B] sums, chosen rows first.
 
     The prompt runs once per pair (prefix sharing), and only the hidden states that predict a
     response token go through the LM head. start_layer > 0: batch["residual"] [B, L, D] is the
@@ -99,23 +131,33 @@ def packed_response_logprobs(model, batch, *, chunk_size: int = 0, start_layer: 
     source = batch["response_source"].reshape(2, b, r).transpose(1, 0, 2).reshape(b, 2 * r)
     picked = jnp.take_along_axis(hidden, source[:, :, None], axis=1)
     picked = picked.reshape(b, 2, r, -1).transpose(1, 0, 2, 3).reshape(2 * b, r, -1)
-    head = model.lm_head_matrix()
-    targets, mask = batch["response_ids"], batch["response_mask"]
-    if chunk_size:
-        return losses.chunked_sequence_logprobs(picked, head, targets, mask,
-                                                chunk_size=min(chunk_size, r))
-    logits = jnp.einsum("btd,dv->btv", picked, head, preferred_element_type=jnp.float32)
-    return losses.sequence_logprobs(logits, targets, mask)
+    return _logprob_parts(picked, model.lm_head_matrix(), batch["response_ids"],
+                          batch["response_mask"], chunk_size=min(chunk_size, r), shared=shared,
+                          wpo=wpo)
 
 
-def pair_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0):
-    """[2B] log-probs and counts of a pair batch, packed or chosen-over-rejected rows."""
+def pair_logprob_parts(model, batch, *, chunk_size: int = 0, start_layer: int = 0,
+                       shared: bool = False, wpo: bool = False) -> dict:
+    """[2B] {"logp", "tokens"} (+ "shared", "wpo") of a pair batch, packed or
+    chosen-over-rejected rows."""
     if "segment_ids" in batch:
-        return packed_response_logprobs(model, batch, chunk_size=chunk_size,
-                                        start_layer=start_layer)
+        return packed_response_logprob_parts(model, batch, chunk_size=chunk_size,
+                                             start_layer=start_layer, shared=shared, wpo=wpo)
     if start_layer:
         raise ValueError("start_layer needs packed pair rows")
-    return response_logprobs(model, batch, chunk_size=chunk_size)
+    return response_logprob_parts(model, batch, chunk_size=chunk_size, shared=shared, wpo=wpo)
+
+
+def pair_logprobs(model, batch, *, chunk_size: int = 0, start_layer: int = 0,
+                  ld_alpha: float = 1.0):
+    """[2B] log-probs and counts of a pair batch, packed or chosen-over-rejected rows;
+    ld_alpha < 1: length-desensitised log-probs (losses.length_desensitised)."""
+    parts = pair_logprob_parts(model, batch, chunk_size=chunk_size, start_layer=start_layer,
+                               shared=ld_alpha != 1.0)
+    logp = parts["logp"]
+    if ld_alpha != 1.0:
+        logp = losses.length_desensitised(logp, parts["shared"], ld_alpha)
+    return logp, parts["tokens"]
 
 
 def split_pairs(x):
@@ -124,24 +166,37 @@ def split_pairs(x):
 
 
 def preference_task(model, batch, *, pair_loss, beta: float, normalize: bool = False,
-                    chunk_size: int = 0, start_layer: int = 0):
+                    chunk_size: int = 0, start_layer: int = 0, ld_alpha: float = 1.0,
+                    wpo: bool = False):
     """CW-PO: numerator/denominator of mean(w * l) (or sum(w l)/sum(w) when normalize).
-    start_layer > 0: the batch carries the frozen layers' output (packed_response_logprobs)."""
-    logp, n_tokens = pair_logprobs(model, batch, chunk_size=chunk_size, start_layer=start_layer)
+    start_layer > 0: the batch carries the frozen layers' output (packed_response_logprobs).
+
+    pair_loss: a losses.pair_loss_fn. ld_alpha < 1: the policy log-probs are length-desensitised
+    (batch["ref_logps"] must be too, with the same ld_alpha). wpo: each pair's loss is first
+    multiplied by its WPO weight (losses.wpo_weights, no gradient), as TRL's use_weighting
+    does, and then by its confidence weight w: the pair counts with w * w_WPO; the denominator
+    (pairs, or sum(w) when normalize) holds no WPO weight, so it stays parameter-free."""
+    parts = pair_logprob_parts(model, batch, chunk_size=chunk_size, start_layer=start_layer,
+                               shared=ld_alpha != 1.0, wpo=wpo)
+    logp = parts["logp"]
+    if ld_alpha != 1.0:
+        logp = losses.length_desensitised(logp, parts["shared"], ld_alpha)
     policy_chosen, policy_rejected = split_pairs(logp)
     ref_chosen, ref_rejected = split_pairs(batch["ref_logps"])
-    n_chosen, n_rejected = split_pairs(n_tokens)
+    n_chosen, n_rejected = split_pairs(parts["tokens"])
     per_pair = pair_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen,
-                         n_rejected)
+                         n_rejected, valid=batch["valid"],
+                         raw_policy_chosen=split_pairs(parts["logp"])[0])
+    if wpo:
+        wpo_weight = losses.wpo_weights(*split_pairs(parts["wpo"]), n_chosen, n_rejected)
+        per_pair = per_pair * wpo_weight
     numerator, denominator = losses.weighted_sum_and_count(
         per_pair, batch["weights"], normalize=normalize, valid=batch["valid"])
     metrics = losses.preference_metrics(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta,
         weights=batch["weights"], valid=batch["valid"])
-    # sum(w l) / sum(w): the loss per unit of weight, comparable across weightings (the mean
-    # over micro-batches, like every metric, when the batch is accumulated).
-    metrics["loss/normalized"] = losses.weighted_mean(per_pair, batch["weights"], normalize=True,
-                                                      valid=batch["valid"])
+    if wpo:
+        metrics["weights/wpo"] = losses.weighted_mean(wpo_weight, batch["valid"], normalize=True)
     return numerator, denominator, metrics
 
 
