@@ -9,6 +9,15 @@ Conventions
   policy_chosen, policy_rejected, ref_chosen, ref_rejected.
 - h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected) is the log-ratio margin.
 - Each per-pair loss returns [B]; reduce with `weighted_mean` (CW-PO: mean(C * loss)).
+
+Every loss_type of TRL 1.16's DPOTrainer is in PAIR_LOSS_TABLE under TRL's name (or an alias,
+LOSS_ALIASES), with its options: mixtures (`pair_loss_fn` with several names and loss_weights),
+f-divergence scores (`f_divergence_scores`), discopop_tau, label_smoothing, LD-DPO's
+length-desensitised log-probs (`logprob_parts` "shared", `length_desensitised`) and WPO's weights
+(`logprob_parts` "wpo", `wpo_weights`). tests/test_losses_trl.py checks values and gradients
+against TRL's own loss code (scripts/make_trl_loss_fixtures.py). Two differ by design: sft is a
+per-pair token mean (TRL: one token mean over the batch), and aot / aot_unpaired sort the batch,
+so they take padding rows (valid) but no per-pair weights.
 """
 from __future__ import annotations
 
