@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from cwpo_jax import losses
 from cwpo_jax.stages import annotator, config as config_lib, prepare, score, sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +63,18 @@ def test_bad_loss_options_are_refused_naming_the_field(tmp_path, fields, message
         cfg.align[key] = value
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
         config_lib.validate(cfg, num_devices=8)
+
+
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+def test_every_loss_name_is_a_valid_align_loss(tmp_path, name):
+    """align.loss=NAME validates for every name, ours and TRL's: with the confidence weights of
+    weak_confidence for the per-pair losses, with unweighted methods for the batch-level ones."""
+    cfg = tiny_config(tmp_path)
+    cfg.align.loss = name
+    cfg.align.label_smoothing = 0.1
+    if name in losses.BATCH_LOSSES:
+        cfg.align.methods = ("human", "weak")
+    config_lib.validate(cfg, num_devices=8)
 
 
 def test_cli_takes_trl_names_a_weighted_mixture_ld_and_wpo(upstream):
