@@ -32,7 +32,8 @@ def get_config():
     c.align.chunk_size = 16
     c.sft.chunk_size = 16
     c.align.logprob_batch_size = 16
-    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold")
+    c.align.methods = ("human", "human_all", "weak", "weak_confidence", "top_fraction", "gold",
+                       "gold_weighted", "gold_top_fraction")
     c.evaluate.max_new_tokens = 12
     c.evaluate.batch_size = 8
     c.evaluate.bootstrap = 500

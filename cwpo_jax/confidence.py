@@ -46,6 +46,16 @@ def confidence(score_a: ArrayLike, score_b: ArrayLike, *, kind: str = "c1",
     return jnp.minimum(d / tau, 1.0)
 
 
+def rater_confidence(gold_a: ArrayLike, gold_b: ArrayLike, temperature: float) -> jax.Array:
+    """2 * sigmoid(|gold_a - gold_b| / T) - 1 = tanh(|gap| / (2 T)), [N] in [0, 1): C1 of the
+    gold gap at the raters' temperature T (gold.simulate_human_labels), i.e. how much more
+    often than a coin the simulated raters agree with the gold order on the pair; 0 for a tie."""
+    if not temperature > 0:
+        raise ValueError(f"rater temperature must be > 0, got {temperature}")
+    gap = jnp.abs(jnp.asarray(gold_a, jnp.float32) - jnp.asarray(gold_b, jnp.float32))
+    return jnp.tanh(gap / (2.0 * temperature))
+
+
 def margin(score_a, score_b):
     """|score_a - score_b| in float32, [N]: what top-fraction filtering ranks by. Every
     confidence kind is monotone in it, and c1/c2 saturate to 1.0 in float32 for large margins,

@@ -190,3 +190,84 @@ def paired_difference(x, y, *, seed: int = 0, resamples: int = 2000, level: floa
                     "interval": f"paired bootstrap ({method})"}
     return {"diff": diff, "ci_low": diff, "ci_high": diff, "n": int(x.size),
             "interval": "paired bootstrap (degenerate: every resample equal)"}
+
+
+def hierarchical_bootstrap(groups, *, seed: int = 0, resamples: int = 4000,
+                           level: float = 0.95) -> dict:
+    """Mean over groups (seeds) of each group's mean over its units (prompts), with a
+    two-stage percentile bootstrap interval that covers both noises: each resample draws the
+    groups with replacement, then within each drawn group its units with replacement.
+    groups: a list of non-empty [P_g] arrays (P_g may differ). Returns {mean, ci_low, ci_high,
+    groups, sd_between, interval}; sd_between is the sd of the group means (None for one)."""
+    groups = [np.asarray(g, np.float64) for g in groups]
+    if not groups or any(g.ndim != 1 or g.size == 0 for g in groups):
+        raise ValueError("need one or more non-empty [P] arrays, one per group")
+    rng = np.random.default_rng(seed)
+    s = len(groups)
+    means = np.asarray([g.mean() for g in groups])
+    picked = rng.integers(0, s, (resamples, s))
+    # The mean of P draws from group g, for every (resample, position); a group drawn twice in
+    # one resample gets two independent draws of its units.
+    inner = np.empty((resamples, s))
+    for g, values in enumerate(groups):
+        at = picked == g
+        count = int(at.sum())
+        if count:
+            draws = rng.integers(0, values.size, (count, values.size))
+            inner[at] = values[draws].mean(axis=1)
+    totals = inner.mean(axis=1)
+    tail = (1 - level) / 2
+    return {"mean": float(means.mean()), "ci_low": float(np.quantile(totals, tail)),
+            "ci_high": float(np.quantile(totals, 1 - tail)), "groups": s,
+            "sd_between": float(means.std(ddof=1)) if s > 1 else None,
+            "interval": "hierarchical bootstrap (seeds, then prompts within seed)"}
+
+
+def interpolation_matrix(x, at) -> np.ndarray:
+    """[len(at), len(x)] coefficients c such that c @ y is the piecewise-linear interpolation
+    through the points (x_i, y_i), taken in the order of x, at each value of `at`. x must be
+    distinct and every value of `at` inside [min x, max x] (no extrapolation)."""
+    x, at = np.asarray(x, np.float64), np.atleast_1d(np.asarray(at, np.float64))
+    if x.ndim != 1 or x.size < 2 or np.unique(x).size != x.size or not np.isfinite(x).all():
+        raise ValueError(f"need two or more distinct finite x, got {x.tolist()}")
+    if at.min() < x.min() or at.max() > x.max():
+        raise ValueError(f"interpolation points {at.min():g}..{at.max():g} outside the range "
+                         f"{x.min():g}..{x.max():g}")
+    order = np.argsort(x)
+    out = np.zeros((at.size, x.size))
+    for j, i in enumerate(order):
+        unit = np.zeros(x.size)
+        unit[j] = 1.0
+        out[:, i] = np.interp(at, x[order], unit)
+    return out
+
+
+def shared_range(*xs) -> tuple[float, float] | None:
+    """(low, high) of the x values every curve covers, or None when they do not overlap."""
+    low, high = max(float(np.min(x)) for x in xs), min(float(np.max(x)) for x in xs)
+    return (low, high) if low < high else None
+
+
+def matched_contrast(kl_a, kl_b, *, points: int = 21):
+    """Coefficients (c_a [n_a], c_b [n_b]) such that c_a @ gra_a - c_b @ gra_b is the mean
+    difference between curve A and curve B (each GRA linear in KL between its points) over
+    `points` evenly spaced KL values of the range both cover; a curve of one point is compared
+    at its own KL, which must lie inside the other's range. None when there is no common KL.
+    The contrast is linear in the GRAs, so applied to per-prompt win rates it gives per-prompt
+    values whose mean is the matched-KL difference (the KL positions held fixed)."""
+    kl_a, kl_b = np.atleast_1d(np.asarray(kl_a, np.float64)), np.atleast_1d(np.asarray(kl_b,
+                                                                                  np.float64))
+    if kl_a.size == 1 and kl_b.size == 1:
+        return None
+    if kl_a.size == 1 or kl_b.size == 1:
+        single, curve = (kl_a, kl_b) if kl_a.size == 1 else (kl_b, kl_a)
+        if not curve.min() <= single[0] <= curve.max():
+            return None
+        on_curve = interpolation_matrix(curve, single)[0]
+        return (np.ones(1), on_curve) if kl_a.size == 1 else (on_curve, np.ones(1))
+    span = shared_range(kl_a, kl_b)
+    if span is None:
+        return None
+    at = np.linspace(span[0], span[1], points)
+    return (interpolation_matrix(kl_a, at).mean(axis=0),
+            interpolation_matrix(kl_b, at).mean(axis=0))

@@ -180,3 +180,34 @@ def write_plots(output_dir: str, results: dict, scores: dict, gold_a_wins=None) 
         out.append(os.path.join(plots, "training.png"))
         plot_training(curves, out[-1])
     return out
+
+
+def plot_frontier(curves: dict, path: str) -> None:
+    """GRA (left) and gated GRA (right) against the KL estimate: per method, one thin line per
+    seed through its points (in KL order) and a thick line through the means over seeds of
+    each learning rate's KL and GRA. curves: {method: {seed: [{"lr", "kl", "gra",
+    "gated_gra"}, ...]}}."""
+    with _figure(path, (11, 4.2), ncols=2) as axes:
+        for color, (method, seeds) in zip(
+                ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"] * 3,
+                curves.items()):
+            for ax, key in zip(axes, ("gra", "gated_gra")):
+                for points in seeds.values():
+                    pts = sorted(points, key=lambda p: p["kl"])
+                    ax.plot([p["kl"] for p in pts], [100 * p[key] for p in pts], "o-",
+                            color=color, lw=0.8, ms=3, alpha=0.45)
+                lrs = sorted({p["lr"] for points in seeds.values() for p in points})
+                mean = [(np.mean([p["kl"] for ps in seeds.values() for p in ps if p["lr"] == lr]),
+                         np.mean([p[key] for ps in seeds.values() for p in ps if p["lr"] == lr]))
+                        for lr in lrs]
+                mean.sort()
+                ax.plot([m[0] for m in mean], [100 * m[1] for m in mean], "s-", color=color,
+                        lw=2.2, ms=6, label=method)
+        for ax, title in zip(axes, ("GRA", "gated GRA (degenerate samples count as worst)")):
+            ax.axhline(50, color="grey", lw=1, ls="--")
+            ax.set_xscale("log")
+            ax.set_xlabel("KL estimate (nats, log scale)")
+            ax.set_ylabel(f"{title.split(' (')[0]} vs reference (%)")
+            ax.set_ylim(0, 100)
+            ax.set_title(title, fontsize=9)
+        axes[0].legend(fontsize=8, loc="lower right")

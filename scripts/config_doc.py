@@ -111,7 +111,7 @@ MEANINGS = {
     "sft.model": "The strong model (same forms as `annotator.model`); its SFT result is the "
                  "reference. Required.",
     "sft.enabled": "False: the given model already is the reference (no SFT).",
-    "sft.chunk_size": "Chunked log-probs: vocabulary chunk rows; 0 = full logits.",
+    "sft.chunk_size": "Chunked log-probs: sequence positions per LM-head chunk; 0 = full logits.",
     # align
     "align.loss": "Pair loss (`cwpo_jax.losses.PAIR_LOSS_TABLE`), by this project's name or "
                   "TRL's `loss_type` (`sigmoid` = `dpo`); several, comma-separated "
@@ -133,7 +133,7 @@ MEANINGS = {
     "align.confidence": "Confidence weight of `weak_confidence`: `c1` = 2 sigmoid(|delta|) - 1, "
                         "`c2` = sigmoid(|delta|), `c3` = min(|delta| / tau, 1).",
     "align.top_fraction": "`top_fraction`: the share of most confident weak labels kept.",
-    "align.chunk_size": "Chunked log-probs: vocabulary chunk rows; 0 = full logits.",
+    "align.chunk_size": "Chunked log-probs: sequence positions per LM-head chunk; 0 = full logits.",
     "align.logprob_batch_size": "Pairs per batch of the log-prob passes (reference, movement).",
     "align.packed_pairs": "One row per pair (prompt once, response-only LM head); False: "
                           "separate chosen and rejected rows (sliding-window models).",

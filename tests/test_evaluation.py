@@ -90,3 +90,55 @@ def test_seed_interval_is_the_t_interval_over_runs():
     assert (out["ci_low"], out["ci_high"]) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-6)
     single = evaluation.seed_interval([0.7])
     assert single["mean"] == 0.7 and single["sd"] is None and single["ci_low"] is None
+
+
+def test_interpolation_matrix_against_hand_interpolation():
+    from cwpo_jax.evaluation import interpolation_matrix
+
+    x, y = np.asarray([3.0, 1.0, 2.0]), np.asarray([30.0, 10.0, 25.0])  # x not sorted
+    c = interpolation_matrix(x, [1.5, 2.5, 3.0])
+    np.testing.assert_allclose(c @ y, [17.5, 27.5, 30.0])
+    np.testing.assert_allclose(c.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="outside"):
+        interpolation_matrix(x, [3.5])
+    with pytest.raises(ValueError, match="distinct"):
+        interpolation_matrix([1.0, 1.0], [1.0])
+
+
+def test_matched_kl_difference_against_hand_computation():
+    from cwpo_jax.evaluation import matched_contrast, shared_range
+
+    # A: GRA 0.5 + 0.1 (KL - 1) on KL [1, 3]; B: 0.4 + 0.2 (KL - 2) on [2, 4]. On the shared
+    # range [2, 3], A - B = 0.4 - 0.1 KL, whose mean over the range is 0.4 - 0.25 = 0.15.
+    kl_a, gra_a = [1.0, 3.0], np.asarray([0.5, 0.7])
+    kl_b, gra_b = [4.0, 2.0], np.asarray([0.8, 0.4])
+    assert shared_range(kl_a, kl_b) == (2.0, 3.0)
+    c_a, c_b = matched_contrast(kl_a, kl_b)
+    assert c_a @ gra_a - c_b @ gra_b == pytest.approx(0.15)
+    assert matched_contrast([1.0, 2.0], [3.0, 4.0]) is None
+    # One point (an oracle) against a curve: the curve at the point's KL, 2.5 -> A = 0.65.
+    c_a, c_b = matched_contrast(kl_a, [2.5])
+    assert c_a @ gra_a - c_b @ np.asarray([0.6]) == pytest.approx(0.05)
+    assert matched_contrast(kl_a, [3.5]) is None and matched_contrast([1.0], [1.0]) is None
+
+
+def test_hierarchical_bootstrap_spread_matches_the_two_stage_variance():
+    from cwpo_jax.evaluation import hierarchical_bootstrap
+
+    # Two-stage resampling of S groups: Var = (1/S) [var over groups of their means (divided
+    # by S) + mean over groups of var_g / P_g (divided by P_g)]. By hand for these groups:
+    # means 0.5, 1, 0.5 -> 1/18; var_g / P_g = 0.125, 0, 1/18 -> mean 0.0601852.
+    groups = [np.asarray([0.0, 1.0]), np.ones(4), np.asarray([0.0, 0.5, 1.0])]
+    want_sd = np.sqrt((1 / 18 + (0.125 + 0.0 + 1 / 18) / 3) / 3)
+    out = hierarchical_bootstrap(groups, resamples=40000, seed=2)
+    assert out["mean"] == pytest.approx(2 / 3) and out["groups"] == 3
+    # the 95% interval of a near-normal statistic is about mean +- 1.96 sd
+    assert (out["ci_high"] - out["ci_low"]) / (2 * 1.96) == pytest.approx(want_sd, rel=0.08)
+    # Two one-unit groups 0 and 1: resample means 0, 0.5, 1 with chances 1/4, 1/2, 1/4.
+    tiny = hierarchical_bootstrap([np.zeros(1), np.ones(1)], resamples=4000)
+    assert (tiny["mean"], tiny["ci_low"], tiny["ci_high"]) == (0.5, 0.0, 1.0)
+    # Within-group noise alone (one group) is the ordinary bootstrap of its mean.
+    one = hierarchical_bootstrap([np.full(5, 0.3)])
+    assert one["ci_low"] == one["ci_high"] == pytest.approx(0.3) and one["sd_between"] is None
+    with pytest.raises(ValueError, match="non-empty"):
+        hierarchical_bootstrap([np.zeros(0)])

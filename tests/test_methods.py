@@ -34,3 +34,40 @@ def test_gold_targets_follow_the_gold_order_and_drop_ties():
     swap, weight, keep = methods.targets(methods.METHODS["gold"], 3, gold=gold)
     assert list(swap) == [False, False, True] and list(keep) == [True, False, True]
     assert list(weight) == [1.0] * 3
+
+
+# A hand-made pool of 5 pairs in human order: gaps 0.4, 0, -0.3, 0.1, -0.8.
+POOL_GOLD = np.asarray([[0.5, 0.1], [0.2, 0.2], [0.0, 0.3], [0.6, 0.5], [-0.4, 0.4]])
+
+
+def test_gold_weighted_oracle_weights_are_the_raters_confidence():
+    t = 0.5
+    swap, weight, keep = methods.targets(methods.METHODS["gold_weighted"], 5, gold=POOL_GOLD,
+                                         rater_temperature=t)
+    assert list(swap) == [False, False, True, False, True]
+    assert list(keep) == [True, False, True, True, True]
+    # 2 sigmoid(|gap| / T) - 1, by hand
+    want = [2 / (1 + np.exp(-g / t)) - 1 for g in (0.4, 0.0, 0.3, 0.1, 0.8)]
+    np.testing.assert_allclose(weight, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        methods.targets(methods.METHODS["gold_weighted"], 5, gold=POOL_GOLD)
+
+
+def test_gold_top_fraction_oracle_keeps_the_largest_gold_gaps():
+    swap, weight, keep = methods.targets(methods.METHODS["gold_top_fraction"], 5, gold=POOL_GOLD,
+                                         fraction=0.4)
+    # ceil(0.4 * 5) = 2 largest |gap|: 0.8 (pair 4) and 0.4 (pair 0)
+    assert list(keep) == [True, False, False, False, True]
+    assert list(swap) == [False, False, True, False, True] and list(weight) == [1.0] * 5
+    # a fraction reaching the tie keeps every decided pair and never the tie
+    _, _, keep = methods.targets(methods.METHODS["gold_top_fraction"], 5, gold=POOL_GOLD,
+                                 fraction=1.0)
+    assert list(keep) == [True, False, True, True, True]
+
+
+def test_rater_confidence_is_c1_of_the_gold_gap_over_t():
+    a, b = np.asarray([0.9, -0.2, 0.3]), np.asarray([0.1, 0.4, 0.3])
+    np.testing.assert_allclose(confidence.rater_confidence(a, b, 0.51),
+                               confidence.confidence(a / 0.51, b / 0.51, kind="c1"), rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        confidence.rater_confidence(a, b, 0.0)

@@ -15,7 +15,7 @@ from cwpo_jax.stages import config as config_lib
 from cwpo_jax.stages.prepare import synthetic_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", CWPO_COMPILATION_CACHE="")
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 LAYOUTS = ("standard_explicit", "standard_implicit", "conversational_explicit",
            "conversational_implicit")
 
@@ -123,9 +123,13 @@ def test_renamed_columns_reach_the_reader_from_the_config(tmp_path):
 
 
 def launch(out, *args):
+    """The README's command on tiny models, as a user runs it: one CPU device (not the tests'
+    eight), with a compilation cache in the run's parent folder."""
     cmd = [sys.executable, "launch/pipeline.py", "--config=configs/tiny.py",
            f"--config.output_dir={out}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    env = {k: v for k, v in ENV.items() if k != "XLA_FLAGS"}
+    env["CWPO_COMPILATION_CACHE"] = str(out.parent / "xla")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                           check=False)
 
 

@@ -17,13 +17,14 @@ def _script():
     return module
 
 
-def _write(run, name, gold, responses=None):
+def _write(run, name, gold, responses=None, degenerate=None):
     os.makedirs(os.path.join(run, "eval"), exist_ok=True)
     with open(os.path.join(run, "eval", f"samples_{name}.jsonl"), "w") as f:
         for i, g in enumerate(gold):
             f.write(json.dumps({"prompt": [{"role": "user", "content": f"p{i}"}], "sample": 0,
                                 "response": (responses or [f"r{i}"] * len(gold))[i],
-                                "gold": g}) + "\n")
+                                "gold": g,
+                                "degenerate": bool(degenerate and degenerate[i])}) + "\n")
 
 
 def test_paired_difference_across_runs(tmp_path):
@@ -47,3 +48,16 @@ def test_runs_with_other_reference_samples_are_refused(tmp_path):
     _write(b, "wc", [0.9, 0.1])
     with pytest.raises(SystemExit, match="do not share prompts and reference samples"):
         _script().compare(f"{a}:wc", f"{b}:wc", resamples=100)
+
+
+def test_gated_comparison_counts_degenerate_samples_as_the_worst(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for run in (a, b):
+        _write(run, "reference", [0.5, 0.5, 0.5], degenerate=[False, False, True])
+    _write(a, "wc", [0.9, 0.9, 0.1], degenerate=[True, False, False])  # gated wins 0, 1, 1
+    _write(b, "wc", [0.1, 0.1, 0.1])                                    # gated wins 0, 0, 1
+    raw = _script().compare(f"{a}:wc", f"{b}:wc", resamples=200)
+    gated = _script().compare(f"{a}:wc", f"{b}:wc", resamples=200, gated=True)
+    assert raw["gra_a"] == pytest.approx(2 / 3) and gated["gra_a"] == pytest.approx(2 / 3)
+    assert raw["gra_b"] == pytest.approx(0.0) and gated["gra_b"] == pytest.approx(1 / 3)
+    assert gated["diff"] == pytest.approx(1 / 3)

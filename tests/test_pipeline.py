@@ -72,7 +72,9 @@ def test_gold_method_label_quality_and_differences(tiny_run):
     assert quality["human"]["gold_accuracy"] == pytest.approx(human_vs_gold)
     assert quality["weak"]["gold_accuracy"] == pytest.approx(saved["annotator"]["accuracy_vs_gold"])
     assert set(saved["differences"]) == {"weak_confidence-human", "weak_confidence-weak",
-                                         "top_fraction-weak", "human_all-human", "gold-human"}
+                                         "top_fraction-weak", "human_all-human", "gold-human",
+                                         "weak_confidence-gold_weighted",
+                                         "top_fraction-gold_top_fraction"}
     for name, d in saved["differences"].items():
         a, b = name.split("-")
         assert d["diff"] == pytest.approx(saved["methods"][a]["gra"] - saved["methods"][b]["gra"])
@@ -87,6 +89,42 @@ def test_gold_method_label_quality_and_differences(tiny_run):
     text = open(os.path.join(cfg.output_dir, "results.md")).read()
     assert "Paired differences" in text and "Label quality by gold" in text
     assert os.path.exists(os.path.join(cfg.output_dir, "plots", "gold_deciles.png"))
+
+
+def test_degeneration_metrics_gated_gra_and_oracles_in_results(tiny_run):
+    cfg, _ = tiny_run
+    with open(os.path.join(cfg.output_dir, "results.json")) as f:
+        saved = json.load(f)
+    keys = {"nll", "distinct_1", "distinct_2", "repeat_rate", "nonword_share", "length",
+            "positive_density", "degenerate_share"}
+    for name, m in saved["methods"].items():
+        assert 0.0 <= m["gated_ci_low"] <= m["gated_gra"] <= m["gated_ci_high"] <= 1.0
+        assert set(m["degeneration"]) == keys and m["kl_samples"] > 0
+        with open(os.path.join(cfg.output_dir, "align", name, "metrics.jsonl")) as f:
+            last = [json.loads(line) for line in f][-1]
+        # final_loss is sum(w l) / sum(w); beside it what was minimised and the accuracy
+        assert m["final_loss"] == last["loss/normalized"] and m["final_objective"] == last["loss"]
+        assert m["final_weighted_accuracy"] == last["rewards/weighted_accuracies"]
+    assert set(saved["reference"]["degeneration"]) == keys
+    gate = saved["degeneration_gate"]
+    assert set(gate["thresholds"]) == {"nll", "repeat_rate", "nonword_share", "length"}
+    assert gate["vocabulary_words"] > 0 and gate["positive_words"] > 0
+    assert set(saved["differences_gated"]) == set(saved["differences"])
+    with open(os.path.join(cfg.output_dir, "eval", "samples_reference.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert all(isinstance(r["degenerate"], bool) and "nll" in r for r in rows)
+    # The gate was fixed on these reference samples: at most 1% of them beyond each threshold.
+    assert sum(r["degenerate"] for r in rows) <= 4 * np.ceil(0.01 * len(rows))
+    text = open(os.path.join(cfg.output_dir, "results.md")).read()
+    assert "gated GRA" in text and "Degeneration of the evaluation samples" in text
+    # The bounding oracles: gold labels only, weights from the gold gap / the largest gaps.
+    quality = saved["label_quality"]
+    assert quality["gold_weighted"]["pairs"] == quality["gold"]["pairs"]
+    assert quality["gold_weighted"]["weighted_gold_accuracy"] == 1.0
+    assert 0.0 < saved["methods"]["gold_weighted"]["mean_weight"] < 1.0
+    n_unlabelled = saved["data"]["sizes"]["unlabelled"]
+    assert 0 < quality["gold_top_fraction"]["pairs"] <= int(np.ceil(0.3 * n_unlabelled - 1e-9))
+    assert quality["gold_top_fraction"]["gold_accuracy"] == 1.0
 
 
 def _gold_scores(cfg):

@@ -35,7 +35,7 @@ class BertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     model_type: str = "bert"
-    remat: bool = False  # recompute each layer in the backward pass (training memory)
+    remat: bool | str = False  # layers.remat_policy: "none", "full", "dots" (training memory)
 
     @property
     def head_dim(self):

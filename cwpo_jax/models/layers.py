@@ -6,6 +6,7 @@ a sharding module maps the names to mesh axes with one rules table (see `logical
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -50,9 +51,39 @@ def logical_axes(model: nnx.Module):
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def maybe_remat(fn, enabled: bool):
-    """nnx.remat(fn) when enabled: activations of fn are recomputed in the backward pass."""
-    return nnx.remat(fn) if enabled else fn
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def remat_policy(value) -> str:
+    """A model config's `remat` as a policy name: "none" (keep every activation), "full"
+    (recompute each layer in the backward pass, keep only its input) or "dots" (keep the
+    matmul outputs, recompute the elementwise ops). False / True mean "none" / "full"."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    if value not in REMAT_POLICIES:
+        raise ValueError(f"remat={value!r} is not one of {REMAT_POLICIES} (or a bool)")
+    return value
+
+
+def set_remat(model: nnx.Module, remat) -> nnx.Module:
+    """In place: every module in `model` that holds a config with a `remat` field (decoders,
+    encoders; not wrappers that only forward their backbone's) gets remat_policy(remat)."""
+    policy = remat_policy(remat)
+    for _, node in nnx.iter_graph(model):
+        config = vars(node).get("config") if isinstance(node, nnx.Module) else None
+        if dataclasses.is_dataclass(config) and hasattr(config, "remat"):
+            node.config = dataclasses.replace(config, remat=policy)
+    return model
+
+
+def maybe_remat(fn, remat):
+    """fn with the layer's activations rematerialised per `remat` (remat_policy)."""
+    policy = remat_policy(remat)
+    if policy == "none":
+        return fn
+    if policy == "dots":
+        return nnx.remat(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return nnx.remat(fn)
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):

@@ -70,7 +70,7 @@ class LlamaConfig:
     pad_token_id: Any = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False  # recompute each layer in the backward pass (training memory)
+    remat: bool | str = False  # layers.remat_policy: "none", "full", "dots" (training memory)
 
     def __post_init__(self):
         # Configs are static pytree metadata in NNX graphdefs, so they must be hashable.

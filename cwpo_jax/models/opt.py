@@ -39,7 +39,7 @@ class OPTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     model_type: str = "opt"
-    remat: bool = False  # recompute each layer in the backward pass (training memory)
+    remat: bool | str = False  # layers.remat_policy: "none", "full", "dots" (training memory)
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, list):  # hashable: configs are static metadata

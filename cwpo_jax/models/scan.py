@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cwpo_jax.models import layers
 from cwpo_jax.sharding import AXES_KEY, LAYER_AXIS, variable_axes
 
 
@@ -35,7 +36,7 @@ class StackedLayers(nnx.Module):
                                is_leaf=lambda x: isinstance(x, nnx.Variable))
         self.layer = nnx.merge(graphdef, stacked)
 
-    def __call__(self, x, *, remat: bool = False, **kwargs):
+    def __call__(self, x, *, remat: bool | str = False, **kwargs):
         """x -> x after every layer in order; `kwargs` go to each layer's call (no cache)."""
         graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
 
@@ -45,10 +46,12 @@ class StackedLayers(nnx.Module):
             # Only non-parameter state (dropout RNG counters) can change; carry it out.
             return y, nnx.state(layer, nnx.Not(nnx.Param))
 
-        # Only the matmul outputs are saved, the elementwise ops recomputed in the backward
-        # pass: saving every residual, XLA copies each stacked residual after the forward loop
-        # (BENCHMARKS.md, "Scan over layers"). remat=True saves nothing: the whole body reruns.
-        policy = None if remat else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        # Without remat ("none", "dots") only the matmul outputs are saved, the elementwise ops
+        # recomputed in the backward pass: saving every residual, XLA copies each stacked
+        # residual after the forward loop (BENCHMARKS.md, "Scan over layers"). "full" saves
+        # nothing but each layer's input: the whole body reruns.
+        full = layers.remat_policy(remat) == "full"
+        policy = None if full else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
         body = jax.checkpoint(body, prevent_cse=False, policy=policy)
         x, new_rest = jax.lax.scan(body, x, (params, rest))
         nnx.update(self.layer, new_rest)

@@ -130,7 +130,7 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
         tau = s["header"]["tau"]  # the temperature the score stage wrote its confidences with
     swap[first:], weight[first:], keep[first:] = targets(
         m, len(ids), kind=cfg.align.confidence, tau=tau,
-        fraction=cfg.align.top_fraction, **inputs)
+        fraction=cfg.align.top_fraction, rater_temperature=cfg.data.rater_temperature, **inputs)
     return swap, weight, keep
 
 

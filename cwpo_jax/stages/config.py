@@ -7,6 +7,7 @@ import ml_collections
 
 from cwpo_jax import confidence, losses
 from cwpo_jax.data import readers
+from cwpo_jax.models.layers import REMAT_POLICIES
 from cwpo_jax.stages.defaults import defaults
 from cwpo_jax.stages.methods import METHODS as METHOD_TABLE
 
@@ -93,6 +94,10 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
             errors.append(f"{field}: {message}")
 
     check(bool(cfg.output_dir), "output_dir", "is required (--config.output_dir=DIR)")
+    check("://" not in cfg.output_dir, "output_dir",
+          f"{cfg.output_dir!r} is an object-store URL; the run folder must be a path on a "
+          "filesystem every host mounts (NFS, Filestore, Lustre): token stores are memory-mapped "
+          "and checkpoints written in place")
     _check_data(cfg.data, check, errors)
     _check_align(cfg.align, cfg.data, check)
     _check_score(cfg.score, check)
@@ -227,6 +232,8 @@ def _check_train(t, field, check) -> None:
     check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
     check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
           f"{t.compute_dtype!r} is not float32 or bfloat16")
+    check(t.remat in REMAT_POLICIES, f"{field}.remat",
+          f"{t.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     check(t.schedule in ("cosine", "constant"), f"{field}.schedule",
           f"{t.schedule!r} is not cosine or constant")
     check(t.warmup_steps >= 0, f"{field}.warmup_steps", f"must be >= 0, got {t.warmup_steps}")

@@ -19,6 +19,9 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     c.max_steps = 0  # > 0 caps the number of steps
     c.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
     c.scan_layers = False  # Llama family: layers under one lax.scan (one layer compiled, not L)
+    # Activation memory of the backward pass: "none" keeps every layer's activations, "full"
+    # recomputes each layer from its input, "dots" keeps only the matmul outputs.
+    c.remat = "none"
     c.log_every = 10
     c.save_every = 500
     c.keep_checkpoints = 2

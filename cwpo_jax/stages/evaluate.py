@@ -8,8 +8,12 @@ interval over prompts. Policies share their sampling keys (common random numbers
 paired differences between methods (DIFFERENCES) measure the methods, not the draws; the
 reference uses independent keys. Student movement (stages/movement.py), label quality
 (align/label_quality.json) and the annotator's gold diagnostics (score stage) go into
-results.json next to GRA. Writes eval/samples_<name>.jsonl (one line per response), results.json
-and results.md; a rerun with the same seed, methods and evaluate settings skips the stage.
+results.json next to GRA, and so do the degeneration metrics of every model's samples
+(degeneration.py) with gated GRA: a sample beyond the thresholds fixed from the reference's own
+samples counts as the worst sample. final_loss is the last step's sum(w l) / sum(w), in one
+unit for every method whatever its weights (final_objective: what the optimiser minimised).
+Writes eval/samples_<name>.jsonl (one line per response, with its metrics), results.json and
+results.md; a rerun with the same seed, methods and evaluate settings skips the stage.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ import os
 import jax
 import numpy as np
 
+from cwpo_jax import assets, report, scores
+from cwpo_jax import degeneration as dg
 from cwpo_jax import gold as gold_lib
-from cwpo_jax import report, scores
 from cwpo_jax.evaluation import gra_of_win_rates, paired_difference, prompt_win_rates
 from cwpo_jax.io_utils import atomic_open, read_json, write_json
 from cwpo_jax.stages import movement, run_folder
@@ -63,18 +68,46 @@ def sample(cfg, model_path: str, prompts, *, stream: int, name: str) -> list[str
                         name=name)
 
 
-def _write_samples(cfg, name, prompts, texts, scores_, k: int = 1):
-    """One line per response: its prompt, sample index j < k, text and gold score."""
+def _write_samples(cfg, name, prompts, texts, scores_, k: int, metrics: dict, flags):
+    """One line per response: its prompt, sample index j < k, text, gold score, degeneration
+    metrics (nll null for an empty response) and whether the gate flags it."""
     with atomic_open(run_folder.path(cfg, STAGE, f"samples_{name}.jsonl")) as f:
         for i, (t, s) in enumerate(zip(texts, scores_)):
-            f.write(json.dumps({"prompt": list(prompts[i // k]), "sample": i % k, "response": t,
-                                "gold": float(s)}, ensure_ascii=False) + "\n")
+            row = {"prompt": list(prompts[i // k]), "sample": i % k, "response": t,
+                   "gold": float(s)}
+            row.update({m: (float(v[i]) if np.isfinite(v[i]) else None)
+                        for m, v in metrics.items()})
+            row["degenerate"] = bool(flags[i])
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def vocabulary(cfg) -> frozenset:
+    """The words of the pool (every split's prompts and responses) and, for the demo source,
+    of the prompt corpus: what nonword_share checks samples against. No policy's samples."""
+    texts = assets.chatterbot_prompts() if cfg.data.source == "demo" else []
+    for split in ("labelled", "unlabelled", "eval"):
+        for p in run_folder.load_split(cfg, split):
+            texts += [m["content"] for m in p.prompt] + [p.chosen, p.rejected]
+    return dg.build_vocabulary(texts)
+
+
+def positive_words(judge_name: str) -> frozenset:
+    """The judge's positive words: the lexicon judge's list; otherwise VADER's lexicon entries
+    of positive valence (the VADER judge's own; a general sentiment lexicon for reward models)."""
+    if judge_name == "lexicon":
+        return frozenset(gold_lib.POSITIVE_WORDS)
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return frozenset(w for w, v in SentimentIntensityAnalyzer().lexicon.items() if v > 0)
 
 
 def _settings(cfg) -> dict:
     """What evaluation depends on beyond the earlier stages' outputs (JSON-normalised)."""
     return json.loads(json.dumps({"seed": cfg.seed, "methods": list(cfg.align.methods),
                                   "evaluate": cfg.evaluate.to_dict()}))
+
+
+NORMALIZED_LOSS = "loss/normalized"  # train/tasks.preference_task: sum(w l) / sum(w)
 
 
 def differences(win_rates: dict[str, np.ndarray], *, seed: int, resamples: int) -> dict:
@@ -84,12 +117,26 @@ def differences(win_rates: dict[str, np.ndarray], *, seed: int, resamples: int) 
             for a, b in DIFFERENCES if a in win_rates and b in win_rates}
 
 
-def _final_loss(cfg, method: str):
+def _last_record(cfg, method: str) -> dict:
+    """The last logged training step's metrics of a method ({} when none)."""
     metrics = run_folder.path(cfg, "align", method, "metrics.jsonl")
     if not os.path.exists(metrics):
-        return None
+        return {}
     records = [r for r in report.read_metrics(metrics) if "loss" in r]
-    return records[-1]["loss"] if records else None
+    return records[-1] if records else {}
+
+
+def _final_loss(cfg, method: str):
+    """The last step's sum(w l) / sum(w) (the plain loss for runs logged before it was)."""
+    record = _last_record(cfg, method)
+    return record.get(NORMALIZED_LOSS, record.get("loss"))
+
+
+def _final_training(cfg, method: str) -> dict:
+    record = _last_record(cfg, method)
+    return {"final_loss": record.get(NORMALIZED_LOSS, record.get("loss")),
+            "final_objective": record.get("loss"),
+            "final_weighted_accuracy": record.get("rewards/weighted_accuracies")}
 
 
 def run(cfg) -> dict:
@@ -106,28 +153,47 @@ def run(cfg) -> dict:
     prompt_texts = [p[-1]["content"] for p in prompts for _ in range(k)]
     ref_path = reference_path(cfg)
     ref_texts = sample(cfg, ref_path, prompts, stream=REFERENCE_STREAM, name=STAGE + "/reference")
-    ref_gold = judge.score(prompt_texts, ref_texts)
-    _write_samples(cfg, "reference", prompts, ref_texts, ref_gold, k)
-    methods, win_rates, policies = {}, {}, {}
+    texts, gold_scores = {"reference": ref_texts}, {"reference": judge.score(prompt_texts,
+                                                                             ref_texts)}
+    methods, policies = {}, {}
     for method in cfg.align.methods:
         summary = run_folder.read_done(cfg, f"align/{method}")
-        texts = sample(cfg, summary["policy"], prompts, stream=POLICY_STREAM,
-                       name=f"{STAGE}/{method}")
-        policies[method] = (summary["policy"], texts)
-        policy_gold = judge.score(prompt_texts, texts)
-        _write_samples(cfg, method, prompts, texts, policy_gold, k)
-        win_rates[method] = prompt_win_rates(np.reshape(policy_gold, (-1, k)),
-                                             np.reshape(ref_gold, (-1, k)))
+        texts[method] = sample(cfg, summary["policy"], prompts, stream=POLICY_STREAM,
+                               name=f"{STAGE}/{method}")
+        policies[method] = (summary["policy"], texts[method])
+        gold_scores[method] = judge.score(prompt_texts, texts[method])
+        methods[method] = {"mean_gold": float(np.mean(gold_scores[method])),
+                           "pairs": summary["pairs"], "mean_weight": summary["mean_weight"],
+                           **_final_training(cfg, method)}
+    moved, nll = movement.student_movement(cfg, prompts, k, ref_path, policies, ref_texts)
+    # The gate's thresholds come from the reference's samples alone, before any comparison.
+    vocab, positive = vocabulary(cfg), positive_words(judge.name)
+    metrics = {name: {**dg.sample_metrics(t, vocab, positive), "nll": nll[name]}
+               for name, t in texts.items()}
+    thresholds = dg.gate_thresholds(metrics["reference"])
+    flags = {name: dg.degenerate(m, thresholds) for name, m in metrics.items()}
+    for name in texts:
+        _write_samples(cfg, name, prompts, texts[name], gold_scores[name], k, metrics[name],
+                       flags[name])
+    ref_gold = np.reshape(gold_scores["reference"], (-1, k))
+    ref_gated = np.reshape(dg.gated_scores(gold_scores["reference"], flags["reference"]), (-1, k))
+    win_rates, gated_win_rates = {}, {}
+    for method in cfg.align.methods:
+        win_rates[method] = prompt_win_rates(np.reshape(gold_scores[method], (-1, k)), ref_gold)
+        gated_win_rates[method] = prompt_win_rates(
+            np.reshape(dg.gated_scores(gold_scores[method], flags[method]), (-1, k)), ref_gated)
         stats = gra_of_win_rates(win_rates[method], seed=cfg.seed,
                                  resamples=cfg.evaluate.bootstrap)
-        methods[method] = {**stats, "mean_gold": float(np.mean(policy_gold)),
-                           "pairs": summary["pairs"], "mean_weight": summary["mean_weight"],
-                           "final_loss": _final_loss(cfg, method)}
-        log(STAGE, f"{method}: GRA {stats['gra']:.1%} "
-                   f"[{stats['ci_low']:.1%}, {stats['ci_high']:.1%}]")
-    for method, moved in movement.student_movement(cfg, prompts, k, ref_path,
-                                                   policies).items():
-        methods[method].update(moved)
+        gated = gra_of_win_rates(gated_win_rates[method], seed=cfg.seed,
+                                 resamples=cfg.evaluate.bootstrap)
+        methods[method] = {**stats, "gated_gra": gated["gra"], "gated_ci_low": gated["ci_low"],
+                           "gated_ci_high": gated["ci_high"], **methods[method],
+                           **moved[method],
+                           "degeneration": dg.summary(texts[method], metrics[method],
+                                                      flags[method])}
+        log(STAGE, f"{method}: GRA {stats['gra']:.1%} [{stats['ci_low']:.1%}, "
+                   f"{stats['ci_high']:.1%}], gated {gated['gra']:.1%}, degenerate samples "
+                   f"{flags[method].mean():.1%}")
     score_summary = run_folder.read_done(cfg, "score")
     annotator = {k: v for k, v in score_summary.items() if k != "annotator"}
     annotator.update(run_folder.read_done(cfg, "annotator"))
@@ -135,11 +201,18 @@ def run(cfg) -> dict:
     results = {"methods": methods,
                "differences": differences(win_rates, seed=cfg.seed,
                                           resamples=cfg.evaluate.bootstrap),
+               "differences_gated": differences(gated_win_rates, seed=cfg.seed,
+                                                resamples=cfg.evaluate.bootstrap),
+               "degeneration_gate": {"quantile": dg.GATE_QUANTILE, "thresholds": thresholds,
+                                     "sides": dict(dg.GATE), "vocabulary_words": len(vocab),
+                                     "positive_words": len(positive)},
                "label_quality": (read_json(quality_path)
                                  if os.path.exists(quality_path) else None),
                "annotator": annotator, "gold_judge": judge.name,
                "reference": {"mean_gold": float(np.mean(ref_gold)), "prompts": len(prompts),
-                             "samples_per_prompt": k},
+                             "samples_per_prompt": k,
+                             "degeneration": dg.summary(ref_texts, metrics["reference"],
+                                                        flags["reference"])},
                "data": run_folder.read_done(cfg, "data"),
                "config": cfg.to_dict()}
     if jax.process_index() == 0:

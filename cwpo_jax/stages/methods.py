@@ -13,8 +13,12 @@ import numpy as np
 from cwpo_jax import confidence
 
 LABELS = ("human", "weak", "gold")  # stored (human) order, the annotator's, the gold judge's
-WEIGHTINGS = ("one", "confidence")  # confidence: align.confidence of the annotator's margin
-KEEPS = ("all", "top_fraction", "gold_decided")  # top_fraction: align.top_fraction largest margins
+# confidence: align.confidence of the annotator's margin; gold_confidence: C1 of the gold gap at
+# the raters' temperature (data.rater_temperature)
+WEIGHTINGS = ("one", "confidence", "gold_confidence")
+# top_fraction: the align.top_fraction largest annotator margins; gold_top_fraction: the
+# align.top_fraction largest gold gaps (gold ties never kept)
+KEEPS = ("all", "top_fraction", "gold_decided", "gold_top_fraction")
 POOLS = ("unlabelled", "all")  # all: the labelled share (the annotator's pairs) as well
 
 
@@ -28,7 +32,8 @@ class Method:
 
     @property
     def needs_gold(self) -> bool:
-        return self.labels == "gold" or self.keep == "gold_decided"
+        return (self.labels == "gold" or self.keep in ("gold_decided", "gold_top_fraction")
+                or self.weighting == "gold_confidence")
 
     @property
     def needs_scores(self) -> bool:
@@ -48,18 +53,28 @@ METHODS = {
     # What exact labels teach, and the check that the student can learn the gold preference.
     "gold": Method("gold", keep="gold_decided",
                    about="the gold judge's order, gold ties dropped (controlled settings only)"),
+    # Oracles of CW's weighting and of top_fraction's filtering: what these pairs can teach
+    # with perfect labels and the best weights or subset the gold gap gives.
+    "gold_weighted": Method("gold", weighting="gold_confidence", keep="gold_decided",
+                            about="the gold order, weight 2 sigmoid(|gold gap| / T) - 1 at the "
+                                  "raters' temperature T"),
+    "gold_top_fraction": Method("gold", keep="gold_top_fraction",
+                                about="the gold order, only the align.top_fraction largest "
+                                      "gold gaps"),
 }
 
 # Paired comparisons evaluation reports when both methods ran: (A, B) gives GRA(A) - GRA(B).
 DIFFERENCES = (("weak_confidence", "human"), ("weak_confidence", "weak"),
-               ("top_fraction", "weak"), ("human_all", "human"), ("gold", "human"))
+               ("top_fraction", "weak"), ("human_all", "human"), ("gold", "human"),
+               ("weak_confidence", "gold_weighted"), ("top_fraction", "gold_top_fraction"))
 
 
 def targets(method: Method, n: int, *, score_a=None, score_b=None, gold=None, kind: str = "c1",
-            tau: float = 1.0, fraction: float = 1.0):
+            tau: float = 1.0, fraction: float = 1.0, rater_temperature: float | None = None):
     """(swap [n], weight [n], keep [n]) of n pairs stored in human order under `method`.
     score_a/score_b: annotator scores of the stored (chosen, rejected), when needs_scores;
-    gold: [n, 2] gold scores of (chosen, rejected), when needs_gold."""
+    gold: [n, 2] gold scores of (chosen, rejected), when needs_gold; rater_temperature: the
+    simulated raters' T, for the gold_confidence weighting."""
     swap = np.zeros(n, bool)
     weight = np.ones(n, np.float32)
     keep = np.ones(n, bool)
@@ -72,9 +87,18 @@ def targets(method: Method, n: int, *, score_a=None, score_b=None, gold=None, ki
     if method.weighting == "confidence":
         weight = np.asarray(confidence.confidence(score_a, score_b, kind=kind, tau=tau)
                             .astype(np.float32))
+    elif method.weighting == "gold_confidence":
+        if rater_temperature is None:
+            raise ValueError("the gold_confidence weighting needs the raters' temperature")
+        weight = np.asarray(confidence.rater_confidence(gold[:, 0], gold[:, 1],
+                                                        rater_temperature), np.float32)
     if method.keep == "top_fraction":
         keep = np.asarray(confidence.top_fraction_mask(confidence.margin(score_a, score_b),
                                                        fraction))
     elif method.keep == "gold_decided":
         keep = gold[:, 0] != gold[:, 1]
+    elif method.keep == "gold_top_fraction":
+        keep = (np.asarray(confidence.top_fraction_mask(confidence.margin(gold[:, 0], gold[:, 1]),
+                                                        fraction))
+                & (gold[:, 0] != gold[:, 1]))
     return swap, weight, keep

@@ -22,6 +22,7 @@ from cwpo_jax.data.batching import (
 )
 from cwpo_jax.data.token_store import field_lengths, item_lengths
 from cwpo_jax.data.tokenize import pad_id
+from cwpo_jax.models import layers
 from cwpo_jax.stages import common
 from cwpo_jax.train import tasks
 from cwpo_jax.train.hosts import log
@@ -110,7 +111,9 @@ def shares_prefix(cfg, model, start_layer: int = 0) -> bool:
     path that carries the prefix runs (not from a frozen layer's output, not scanned or
     rematerialised layers)."""
     return bool(cfg.align.packed_pairs and cfg.align.shared_prefix and not start_layer
-                and not cfg.align.train.scan_layers and not model.config.remat)
+                and not cfg.align.train.scan_layers
+                and layers.remat_policy(model.config.remat) == "none"
+                and cfg.align.train.remat == "none")
 
 
 def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callable, np.ndarray]:

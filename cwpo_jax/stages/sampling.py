@@ -7,12 +7,22 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from cwpo_jax import models
 from cwpo_jax.data.batching import collate_prompts, plan_batches
 from cwpo_jax.data.tokenize import pad_id
 from cwpo_jax.stages import common
 from cwpo_jax.train.hosts import log
+from cwpo_jax.train.state import variable_shardings
+
+
+def shard_weights(model, mesh):
+    """The model with its weights sharded over the run's mesh by their logical axes (fsdp,
+    tensor), as the train steps hold them: a model larger than one device's memory samples.
+    Prompts stay whole on every device (the sampler's batches are small)."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, variable_shardings(state, mesh)))
 
 
 def sample_texts(cfg, model_path: str, prompts, *, seed: int, row_ids: Sequence[int],
@@ -27,7 +37,7 @@ def sample_texts(cfg, model_path: str, prompts, *, seed: int, row_ids: Sequence[
     if len(row_ids) != len(prompts):
         raise ValueError(f"{len(row_ids)} row ids for {len(prompts)} prompts")
     tok = models.load_tokenizer(model_path)
-    model = models.from_pretrained(model_path)
+    model = shard_weights(models.from_pretrained(model_path), common.mesh_for(cfg))
     items = common.pair_tokenizer(cfg, tok).encode_prompt_only(prompts)
     texts = [None] * len(items)
     base = jax.random.key(seed)

@@ -47,22 +47,51 @@ def annotator_markdown(a: dict) -> list[str]:
     return lines
 
 
+def degeneration_markdown(results: dict) -> list[str]:
+    gate = results["degeneration_gate"]
+    t = gate["thresholds"]
+    lines = ["Degeneration of the evaluation samples (means over samples; distinct-n over all of "
+             "a model's samples; NLL per token under the reference):", "",
+             "| model | NLL/token | distinct-1 | distinct-2 | repeat rate | non-word share | "
+             "length (words) | positive-word density | degenerate (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(n, m["degeneration"]) for n, m in results["methods"].items()]
+    rows.append(("reference (SFT)", results["reference"]["degeneration"]))
+    for name, d in rows:
+        lines.append(f"| {name} | {num(d['nll'], '.2f')} | {num(d['distinct_1'], '.2f')} | "
+                     f"{num(d['distinct_2'], '.2f')} | {num(d['repeat_rate'], '.2f')} | "
+                     f"{num(d['nonword_share'], '.2f')} | {num(d['length'], '.1f')} | "
+                     f"{num(d['positive_density'], '.2f')} | {pct(d['degenerate_share'])} |")
+    lines += ["", f"Degenerate: beyond the reference samples' {100 * gate['quantile']:g}% "
+                  f"quantile (the {100 * (1 - gate['quantile']):g}% one for length) of NLL/token "
+                  f"({num(t['nll'], '.2f')}), repeat rate ({num(t['repeat_rate'], '.2f')}), "
+                  f"non-word share ({num(t['nonword_share'], '.2f')}; vocabulary of "
+                  f"{gate['vocabulary_words']} words from the pool and prompt corpus) or length "
+                  f"({num(t['length'], '.1f')} words); such a sample counts as the worst in "
+                  "gated GRA."]
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     cfg = results["config"]
     lines = [f"Student {cfg['sft']['model']} (reference = "
              f"{'its SFT' if cfg['sft']['enabled'] else 'the model as given'}), weak annotator "
              f"{cfg['annotator']['model']} trained on {100 * cfg['data']['labelled_fraction']:.0f}%"
              f" human labels, loss {cfg['align']['loss']} (beta {cfg['align']['beta']}).", "",
-             "| method | GRA vs reference (%) | 95% CI | mean gold reward | pairs trained | "
-             "final train loss | held-out implicit-reward accuracy vs gold (%) | KL estimate |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | GRA vs reference (%) | 95% CI | gated GRA (%) | mean gold reward | "
+             "pairs trained | final train loss (per unit weight) | held-out implicit-reward "
+             "accuracy vs gold (%) | KL estimate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in results["methods"].items():
+        gated = (f"{pct(m['gated_gra'])} [{pct(m['gated_ci_low'])}, {pct(m['gated_ci_high'])}]"
+                 if "gated_gra" in m else "-")
         lines.append(f"| {name} | {100 * m['gra']:.1f} | [{100 * m['ci_low']:.1f}, "
-                     f"{100 * m['ci_high']:.1f}] | {m['mean_gold']:.3f} | {m['pairs']} | "
-                     f"{num(m.get('final_loss'))} | {pct(m.get('heldout_gold_accuracy'))} | "
+                     f"{100 * m['ci_high']:.1f}] | {gated} | {m['mean_gold']:.3f} | "
+                     f"{m['pairs']} | {num(m.get('final_loss'))} | "
+                     f"{pct(m.get('heldout_gold_accuracy'))} | "
                      f"{num(m.get('kl_estimate'), '.2f')} |")
     ref = results["reference"]
-    lines.append(f"| reference (SFT) | - | - | {ref['mean_gold']:.3f} | - | - | - | - |")
+    lines.append(f"| reference (SFT) | - | - | - | {ref['mean_gold']:.3f} | - | - | - | - |")
     k = ref["samples_per_prompt"]
     samples = (f", {k} samples per prompt from each model (GRA per prompt over the {k} x {k} "
                f"comparisons; the interval resamples prompts)" if k > 1 else "")
@@ -71,6 +100,12 @@ def results_markdown(results: dict) -> str:
     if results.get("differences"):
         lines += ["", "Paired differences (same prompts, same reference samples):", ""]
         lines += differences_markdown(results["differences"], "paired bootstrap over prompts")
+    if results.get("differences_gated"):
+        lines += ["", "The same, gated (a degenerate sample counts as the worst):", ""]
+        lines += differences_markdown(results["differences_gated"],
+                                      "paired bootstrap over prompts")
+    if "degeneration_gate" in results:
+        lines += [""] + degeneration_markdown(results)
     if results.get("label_quality"):
         lines += ["", "Label quality by gold, before training (what each method trains on):", ""]
         lines += label_quality_markdown(results["label_quality"])

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cwpo_jax import models, sharding
+from cwpo_jax.models.layers import set_remat
 from cwpo_jax.train import loop, optim, steps
 from cwpo_jax.train.checkpoint import Checkpointer
 from cwpo_jax.train.feeder import train_batches
@@ -31,6 +32,8 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
     shuffled by `seed`; every process collates only its rows of each batch
     (sharding.process_block). Resumes from workdir/ckpt. Returns the trained model (LoRA
     still separate, layers unstacked)."""
+    if train_cfg.remat != "none":
+        model = set_remat(model, train_cfg.remat)
     if train_cfg.scan_layers:
         model = models.stack_layers(model)
     num_steps = total_steps(train_cfg, len(lengths))

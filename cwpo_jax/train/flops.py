@@ -40,10 +40,11 @@ def matmul_params(model, *, lm_head: bool, from_layer: int = 0) -> int:
         if path[-1] != "embedding":  # the table of an Embed module: a lookup, no FLOPs
             total += int(np.prod(np.shape(var.get_value())))
     if lm_head:
-        total += int(np.prod(model.lm_head_matrix().shape))
+        # Shapes only, so an abstract model (nnx.eval_shape, launch/plan.py) counts too.
+        head = int(np.prod(nnx.eval_shape(lambda m: m.lm_head_matrix(), model).shape))
         untied = getattr(model, "lm_head", None)
-        if untied is not None:  # counted above as a regular matrix; do not count it twice
-            total -= int(np.prod(model.lm_head_matrix().shape))
+        if untied is None:  # a tied head reuses the embedding table as a matmul
+            total += head
     return total
 
 

@@ -195,6 +195,10 @@ def preference_task(model, batch, *, pair_loss, beta: float, normalize: bool = F
     metrics = losses.preference_metrics(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta,
         weights=batch["weights"], valid=batch["valid"])
+    # sum(w l) / sum(w): the loss per unit of weight, comparable across weightings (the mean
+    # over micro-batches, like every metric, when the batch is accumulated).
+    metrics["loss/normalized"] = losses.weighted_mean(per_pair, batch["weights"], normalize=True,
+                                                      valid=batch["valid"])
     if wpo:
         metrics["weights/wpo"] = losses.weighted_mean(wpo_weight, batch["valid"], normalize=True)
     return numerator, denominator, metrics

@@ -66,6 +66,8 @@ CASES = [
     ({"evaluate.max_new_tokens": 0}, "evaluate.max_new_tokens: must be > 0"),
     ({"data.source": "web"}, "data.source: 'web' is not one of file, synthetic, demo"),
     ({"output_dir": ""}, "output_dir: is required"),
+    ({"output_dir": "gs://bucket/run1"}, "output_dir: 'gs://bucket/run1' is an object-store URL"),
+    ({"sft.train.remat": "some"}, "sft.train.remat: 'some' is not one of none, full, dots"),
     # devices (8 host devices in these tests)
     ({"mesh.data": 16}, "mesh: 16 devices requested, 8 present"),
     ({"mesh.data": 4, "mesh.fsdp": 2, "mesh.tensor": 2}, "mesh: 16 devices requested, 8 present"),
