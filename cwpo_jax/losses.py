@@ -344,7 +344,7 @@ def exo_pair_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chos
 def discopop_loss(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike,
                   ref_rejected: ArrayLike, *, beta: float, discopop_tau: float,
                   f_divergence: str = "reverse_kl", f_alpha_coef: float = 0.5) -> Array:
-    """DiscoPOP's log-ratio modulated loss (Chu et al. 2024, Eq. 5; TRL "discopop"): with
+    """DiscoPOP's log-ratio modulated loss (Lu et al. 2024, Eq. 5; TRL "discopop"): with
     z = beta h and m = sigmoid(z / tau), l = (1 - m) (-log sigmoid(z)) + m exp(-z). [B] -> [B]."""
     z = beta * _delta(policy_chosen, policy_rejected, ref_chosen, ref_rejected, f_divergence,
                       f_alpha_coef)
