@@ -117,6 +117,31 @@ def logical_to_spec(
     return P(*spec)
 
 
+def constrain_batch(x):
+    """x [B, ...] pinned to the batch axes of the mesh in context (`mesh_context`): XLA then
+    keeps activations split over data x fsdp and all-gathers FSDP-sharded weights, rather than
+    gathering the batch (which a weight sharded on the embedding dimension can otherwise pull
+    it into). A no-op outside a mesh context, on one device, or when B does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not all(a in mesh.axis_names for a in BATCH_AXES):
+        return x
+    size = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if size == 1 or x.shape[0] % size:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
+def mesh_context(fn, mesh: Mesh):
+    """fn traced with `mesh` as the context mesh, so constrain_batch applies inside it."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from cwpo_jax import sharding
 from cwpo_jax.models import layers
 from cwpo_jax.models.base import default_mask
 from cwpo_jax.models.spec import Family
@@ -137,7 +138,7 @@ class BertModel(nnx.Module):
         visible = mask if kv_valid is None else kv_valid
         run = layers.maybe_remat(lambda layer, x, visible: layer(x, visible), self.config.remat)
         for layer in self.layers:
-            x = run(layer, x, visible)
+            x = run(layer, sharding.constrain_batch(x), visible)
         return x
 
     def hidden_states(self, input_ids, attention_mask=None):

@@ -10,6 +10,7 @@ from typing import Any
 
 from flax import nnx
 
+from cwpo_jax import sharding
 from cwpo_jax.models import layers
 from cwpo_jax.models.base import CausalLM, default_mask
 from cwpo_jax.models.scan import StackedLayers
@@ -261,7 +262,7 @@ class LlamaForCausalLM(CausalLM):
 
             run = layers.maybe_remat(run, self.config.remat)
             for layer in list(self.layers)[start_layer:stop_layer]:
-                x = run(layer, x, positions, kv_valid)
+                x = run(layer, sharding.constrain_batch(x), positions, kv_valid)
             return (self.norm(x) if stop_layer is None else x), None
         new_cache = []
         # Sampling with stacked layers slices each layer out: decode steps are short and the

@@ -11,6 +11,7 @@ from typing import Any
 
 from flax import nnx
 
+from cwpo_jax import sharding
 from cwpo_jax.models import layers
 from cwpo_jax.models.base import CausalLM, default_mask
 from cwpo_jax.models.spec import Family
@@ -179,7 +180,7 @@ class OPTForCausalLM(CausalLM):
 
             run = layers.maybe_remat(run, self.config.remat)
             for layer in self.layers:
-                x = run(layer, x, positions, kv_valid)
+                x = run(layer, sharding.constrain_batch(x), positions, kv_valid)
         else:
             new_cache = []
             for i, layer in enumerate(self.layers):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cwpo_jax import sharding
 from cwpo_jax.models import layers
 from cwpo_jax.sharding import AXES_KEY, LAYER_AXIS, variable_axes
 
@@ -42,7 +43,7 @@ class StackedLayers(nnx.Module):
 
         def body(x, layer_state):
             layer = nnx.merge(graphdef, *layer_state)
-            y = layer(x, cache=None, cache_index=None, **kwargs)[0]
+            y = layer(sharding.constrain_batch(x), cache=None, cache_index=None, **kwargs)[0]
             # Only non-parameter state (dropout RNG counters) can change; carry it out.
             return y, nnx.state(layer, nnx.Not(nnx.Param))
 

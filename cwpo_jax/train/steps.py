@@ -98,7 +98,7 @@ def jit_train_step(step, mesh: Mesh, state_shardings, frozen_shardings):
     the step is compiled with CPU_COMPILER_OPTIONS."""
     cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     return jax.jit(
-        step,
+        sharding.mesh_context(step, mesh),
         # [A, B] spec: a batch leaf's dims after B (any number) are unsharded too.
         in_shardings=(state_shardings, frozen_shardings, sharding.batch_sharding(mesh, 2, 1)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
