@@ -12,11 +12,12 @@ import functools
 import numpy as np
 from flax import nnx
 
-from cwpo_jax import losses, models, sharding
+from cwpo_jax import models, sharding
 from cwpo_jax.data import batching
 from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 from cwpo_jax.plan import programs
 from cwpo_jax.stages import pair_passes
+from cwpo_jax.stages.align import alignment_task
 from cwpo_jax.train import feeder, tasks
 from cwpo_jax.train.flops import matmul_params, train_flops_per_token
 
@@ -160,10 +161,7 @@ def plan_programs(cfg, mesh, *, stages=STAGES, log=print) -> list[programs.Progr
                                      targets=tuple(a.lora_targets), layers=tuple(a.lora_layers))
         label, model = programs.abstract_model(student, lora=lora, seed=cfg.seed)
         trainable = models.trainable_filter(model) if lora is not None else nnx.Param
-        pair_loss = losses.pair_loss_fn(a.loss, beta=a.beta, label_smoothing=a.label_smoothing,
-                                        gamma=a.gamma)
-        task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=a.beta,
-                                 normalize=a.normalize, chunk_size=a.chunk_size)
+        task = alignment_task(a)
         batch = align_batch(cfg, a.train.batch_size // a.train.micro_batches)
         program = programs.train_step(
             f"align step ({a.loss}{', LoRA r=%d' % a.lora_rank if lora else ''})", label, model,

@@ -134,6 +134,18 @@ def method_targets(cfg, method: str, pool_ids, n_labelled: int):
     return swap, weight, keep
 
 
+def alignment_task(a, *, start_layer: int = 0):
+    """The preference task the align step trains, from the config's align section (the loss
+    and its options); also what launch/plan.py compiles."""
+    pair_loss = losses.pair_loss_fn(
+        a.loss, beta=a.beta, label_smoothing=a.label_smoothing, gamma=a.gamma,
+        loss_weights=a.loss_weights, discopop_tau=a.discopop_tau,
+        f_divergence=a.f_divergence_type, f_alpha_coef=a.f_alpha_divergence_coef)
+    return functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=a.beta,
+                             normalize=a.normalize, chunk_size=a.chunk_size,
+                             start_layer=start_layer, ld_alpha=a.ld_alpha, wpo=a.use_weighting)
+
+
 def run_method(cfg, method: str) -> dict:
     stage = f"{STAGE}/{method}"
     return run_folder.once(cfg, stage, "policy exists", lambda: _train(cfg, method, stage))
@@ -184,14 +196,7 @@ def _train(cfg, method: str, stage: str) -> dict:
         model = models.apply_lora(model, lora, rngs=nnx.Rngs(cfg.seed))
         model.train()
         trainable = models.trainable_filter(model)
-    a = cfg.align
-    pair_loss = losses.pair_loss_fn(
-        a.loss, beta=a.beta, label_smoothing=a.label_smoothing, gamma=a.gamma,
-        loss_weights=a.loss_weights, discopop_tau=a.discopop_tau,
-        f_divergence=a.f_divergence_type, f_alpha_coef=a.f_alpha_divergence_coef)
-    task = functools.partial(tasks.preference_task, pair_loss=pair_loss, beta=a.beta,
-                             normalize=a.normalize, chunk_size=a.chunk_size,
-                             start_layer=start_layer, ld_alpha=a.ld_alpha, wpo=a.use_weighting)
+    task = alignment_task(cfg.align, start_layer=start_layer)
     # Cached reference: forward + backward of the policy only, about 6 N FLOPs per token.
     frozen_weights = cfg.align.lora_rank > 0
     flops = train_flops_per_token(model, lm_head=True, frozen_weights=frozen_weights,

@@ -20,7 +20,7 @@ from tests.engine.test_packed_pairs import FIXTURES, random_pairs
 def _cfg():
     return types.SimpleNamespace(
         align=types.SimpleNamespace(logprob_batch_size=8, packed_pairs=True, shared_prefix=True,
-                                    train=types.SimpleNamespace(scan_layers=False)),
+                                    train=types.SimpleNamespace(scan_layers=False, remat="none")),
         mesh=types.SimpleNamespace(data=-1, fsdp=1, tensor=1))
 
 
