@@ -224,8 +224,9 @@ def forward_pass(name: str, label: str, model, fn, mesh: Mesh, batch: dict, *,
     program = Program(name, label, tokens=tokens, flops=flops_per_token * tokens,
                       devices=mesh.devices.size,
                       weight_bytes=_param_bytes(state, mesh, state_sh))
-    return compile_program(program, lambda s, b: fn(nnx.merge(graphdef, s), b),
-                           _abstract(state, state_sh), _batch_struct(batch, mesh))
+    return compile_program(program, sharding.mesh_context(
+        lambda s, b: fn(nnx.merge(graphdef, s), b), mesh),
+        _abstract(state, state_sh), _batch_struct(batch, mesh))
 
 
 def sampler(name: str, label: str, model, mesh: Mesh, prompts: dict, *,

@@ -19,11 +19,13 @@ ITEM_KEYS = (*HOST_ONLY_KEYS, "sequence_index")  # which item each row (or segme
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_pass(graphdef, fn: Callable):
-    """One jitted program per (model structure, fn), kept across passes: a second pass over the
-    same model (the annotator's eval pairs, then the unlabelled share) compiles nothing new.
-    Shardings come from the committed inputs."""
-    return jax.jit(lambda state, batch: fn(nnx.merge(graphdef, state), batch))
+def _jitted_pass(graphdef, fn: Callable, mesh):
+    """One jitted program per (model structure, fn, mesh), kept across passes: a second pass
+    over the same model (the annotator's eval pairs, then the unlabelled share) compiles nothing
+    new. Shardings come from the committed inputs; activations stay on the batch axes
+    (sharding.constrain_batch)."""
+    return jax.jit(sharding.mesh_context(
+        lambda state, batch: fn(nnx.merge(graphdef, state), batch), mesh))
 
 
 def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callable,
@@ -39,7 +41,7 @@ def batched_pass(model, fn: Callable, *, lengths: Sequence[int], collate: Callab
         return
     graphdef, state = nnx.split(model)
     state = jax.tree.map(jax.device_put, state, variable_shardings(state, mesh))
-    run = _jitted_pass(graphdef, fn)
+    run = _jitted_pass(graphdef, fn, mesh)
     num_batches = -(-n // batch_size)
     # Worker threads collate the batches ahead of the loop below.
     batches = loader.read_ahead(loader.plan_dataset(lengths, collate, batch_size=batch_size,
