@@ -178,6 +178,41 @@ def profile_step(compiled, state, frozen, batch, trace_dir: str, calls: int = 3)
     return summary, holder[0]
 
 
+def plan_prediction(target_name: str, step_fn, args, shardings, *, flops: float) -> dict:
+    """What launch/plan.py predicts for this train step on `target_name` (one device): the
+    compiler's peak memory and the roofline bound max(FLOPs / peak, state bytes / bandwidth),
+    from a deviceless compile of the same step function at the same shapes."""
+    from jax.sharding import NamedSharding
+
+    from cwpo_jax.plan import programs, targets
+
+    if target_name == "auto":
+        kind = jax.devices()[0].device_kind.lower()
+        chip = next((c for c in ("h200", "h100", "a100") if c in kind), None)
+        if chip is None:
+            return {"plan_note": f"no plan target for device {kind!r}"}
+        target_name = f"gpu:{chip}:1x1x1"
+    target = targets.parse_target(target_name)
+    plan_mesh = sharding.make_mesh(1, 1, 1, devices=targets.devices(target)[:1])
+    moved = jax.tree.map(lambda s: NamedSharding(plan_mesh, s.spec), shardings)
+    state, frozen, batch = (jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+        for tree, sh in zip(args, (*moved, jax.tree.map(
+            lambda x: NamedSharding(plan_mesh, x.sharding.spec), args[2]))))
+    jitted = steps.jit_train_step(step_fn, plan_mesh, *moved)
+    program = programs.compile_lowered(
+        programs.Program("train step", "benchmark", tokens=0, flops=flops, devices=1),
+        lambda: jitted.lower(state, frozen, batch))
+    if program.error:
+        return {"plan_target": target.name, "plan_error": program.error}
+    state_bytes = program.memory["argument"]
+    chip = target.chip
+    return {"plan_target": target.name, "plan_peak_mb": program.memory["peak"] / 2**20,
+            "plan_roofline_step_s": max(flops / chip.peak_bf16_flops,
+                                        state_bytes / chip.memory_bandwidth),
+            "plan_compile_s": program.compile_s}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny")
@@ -200,6 +235,10 @@ def main(argv=None):
                    help="release: hand freed heap back to the OS after loading and after the "
                         "first step, as the training loop does (cwpo_jax.host_memory); keep: "
                         "leave glibc's heap as it is")
+    p.add_argument("--plan-target", default="",
+                   help="also compile this step for a target of launch/plan.py (one device, e.g. "
+                        "gpu:h100:1x1x1; 'auto': this machine's GPU) and report the plan's "
+                        "predicted peak memory and roofline step time beside the measured ones")
     p.add_argument("--profile", metavar="DIR",
                    help="after the timed steps, trace 3 more with jax.profiler into DIR and "
                         "print where the train step's time goes (benchmarks/op_profile.py)")
@@ -258,10 +297,10 @@ def main(argv=None):
     parts = split_model(model, models.trainable_filter(model))
     optimizer, _ = optim.make_optimizer(learning_rate=1e-6, total_steps=args.steps + 2)
     state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
-    step = steps.jit_train_step(steps.make_train_step(
+    step_fn = steps.make_train_step(
         parts.graphdef, task, optimizer,
-        compute_dtype=jnp.bfloat16 if args.dtype == "bfloat16" else None),
-        mesh, state_sh, frozen_sh)
+        compute_dtype=jnp.bfloat16 if args.dtype == "bfloat16" else None)
+    step = steps.jit_train_step(step_fn, mesh, state_sh, frozen_sh)
     vocab = model.config.vocab_size
     del model, parts  # the step owns copies; keep one set of weights in memory
     if args.heap == "release":
@@ -313,7 +352,11 @@ def main(argv=None):
         "peak_device_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use",
                                                                       0) / 2**20,
     }
-    for key in ("step_s", "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "compile_s",
+    if args.plan_target:
+        result.update(plan_prediction(args.plan_target, step_fn, (state, frozen, batch),
+                                      (state_sh, frozen_sh), flops=flops))
+    for key in ("step_s", "plan_roofline_step_s", "peak_device_mb", "plan_peak_mb",
+                "tokens_per_s", "mfu", "mfu_6n", "peak_flops", "compile_s",
                 "first_step_s", "peak_rss_mb", "step_peak_rss_mb", "resident_before_steps_mb",
                 "xla_temp_mb"):
         value = result.get(key)

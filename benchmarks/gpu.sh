@@ -20,6 +20,9 @@ PROMPT_LEN=${PROMPT_LEN:-256}
 COMPLETION_LEN=${COMPLETION_LEN:-256}
 OUT_DIR=${OUT_DIR:-${OUT:-runs/gpu_bench}}
 PYTHON=${PYTHON:-python3}
+# Each variant is also compiled for this launch/plan.py target (auto: the GPU found here), and
+# the plan's predicted peak memory and roofline step time are printed beside the measurements.
+PLAN_TARGET=${PLAN_TARGET:-auto}
 mkdir -p "$OUT_DIR"
 LOG=$OUT_DIR/log.txt
 RESULTS=$OUT_DIR/results.jsonl
@@ -37,7 +40,8 @@ run() {  # name, extra flags; the run's last line is dpo_step's JSON
     echo "== $name" >> "$LOG"
     line=$("$PYTHON" benchmarks/dpo_step.py --model="$MODEL" --dtype=bfloat16 --batch="$BATCH" \
         --prompt-len="$PROMPT_LEN" --completion-len="$COMPLETION_LEN" --steps="$STEPS" \
-        --logprobs=chunked --chunk-size="$COMPLETION_LEN" "$@" 2>&1 | tee -a "$LOG" | tail -1)
+        --logprobs=chunked --chunk-size="$COMPLETION_LEN" --plan-target="$PLAN_TARGET" "$@" \
+        2>&1 | tee -a "$LOG" | tail -1)
     echo "{\"variant\": \"$name\", ${line#\{}" | tee -a "$RESULTS"
 }
 run packed_cached --layout=packed --reference=cached
@@ -46,3 +50,17 @@ run packed_online --layout=packed --reference=online
 run packed_cached_remat --layout=packed --reference=cached --remat
 # Compile time and step time with the 22 layers under one scan instead of unrolled.
 run packed_cached_scan --layout=packed --reference=cached --scan-layers
+# Measured against the plan's prediction for the same program (launch/plan.py's compiler
+# estimate; the roofline is a lower bound on the step time).
+"$PYTHON" - "$RESULTS" <<'PY'
+import json, sys
+def num(value, spec):
+    return "-" if value is None else format(value, spec)
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(f"{'variant':<22} {'step s':>8} {'plan roofline s':>16} {'peak MB':>9} {'plan peak MB':>13}")
+for r in rows:
+    print(f"{r['variant']:<22} {r['step_s']:>8.4f} {num(r.get('plan_roofline_step_s'), '.4f'):>16} "
+          f"{r['peak_device_mb']:>9.0f} {num(r.get('plan_peak_mb'), '.0f'):>13}"
+          + (f"  ({r['plan_note']})" if r.get("plan_note") else "")
+          + (f"  (plan: {r['plan_error']})" if r.get("plan_error") else ""))
+PY

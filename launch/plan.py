@@ -37,9 +37,7 @@ def main(argv) -> None:
         sys.exit("missing --config=configs/<preset>.py")
     try:
         target = targets.parse_target(f.target, f.num_slices)
-        if not cfg.output_dir:  # a plan writes no run folder; validate asks for one
-            cfg.output_dir = "unused-by-plan"
-        validate(cfg, num_devices=target.num_devices)
+        validate(_with_placeholders(cfg), num_devices=target.num_devices)
         stages = tuple(s for s in f.stages.split(",") if s)
         unknown = sorted(set(stages) - set(pipeline.STAGES))
         if unknown:
@@ -48,6 +46,8 @@ def main(argv) -> None:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     except (targets.TargetError, ConfigError, ValueError) as e:
         sys.exit(" ".join(str(e).split()))
+    if cfg.evaluate.gold_judge == "none":  # no GRA: the evaluation samples nothing
+        stages = tuple(s for s in stages or pipeline.STAGES if s != "sampler")
     print(f"planning {_config_arg(argv)} for {target.name}: mesh {dict(mesh.shape)}; "
           "compiling ...", flush=True)
     start = time.perf_counter()
@@ -68,6 +68,19 @@ def main(argv) -> None:
     if line:
         print(line, file=sys.stderr)
         sys.exit(DOES_NOT_FIT)
+
+
+def _with_placeholders(cfg):
+    """A copy of cfg for validation: a plan writes no run folder and reads no data, so an unset
+    output_dir, data.path or evaluate.gold_judge is filled in (a run still has to set them)."""
+    import copy
+
+    check = copy.deepcopy(cfg)
+    check.output_dir = check.output_dir or "unused-by-plan"
+    if check.data.source == "file":
+        check.data.path = check.data.path or "unused-by-plan"
+        check.evaluate.gold_judge = check.evaluate.gold_judge or "lexicon"
+    return check
 
 
 def _config_arg(argv) -> str:

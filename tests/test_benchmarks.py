@@ -89,8 +89,12 @@ def test_gpu_script_dry_run_reports_every_variant(tmp_path):
     library versions, and a log, in at most the 8 files a device run can bring back."""
     env = dict(os.environ, MODEL="tiny", STEPS="1", BATCH="2", PROMPT_LEN="8",
                COMPLETION_LEN="4", OUT_DIR=str(tmp_path), PYTHON=sys.executable)
-    subprocess.run(["bash", GPU_SCRIPT], env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(["bash", GPU_SCRIPT], env=env, check=True, capture_output=True,
+                          text=True, timeout=600)
     assert sorted(os.listdir(tmp_path)) == ["log.txt", "results.jsonl", "versions.txt"]
+    # The measured-against-plan summary; on CPU there is no GPU to plan for.
+    assert "plan roofline s" in done.stdout
+    assert "no plan target for device 'cpu'" in done.stdout
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in results] == [
         "packed_cached", "rows_cached", "packed_online", "packed_cached_remat",

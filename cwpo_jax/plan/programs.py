@@ -174,8 +174,8 @@ def train_step(name: str, label: str, model, task, train_cfg, mesh: Mesh, batch:
     per step: the program scans over the leading axis)."""
     if train_cfg.remat != "none":
         set_remat(model, train_cfg.remat)
-    if train_cfg.scan_layers:
-        model = models.stack_layers(model)
+    if train_cfg.scan_layers:  # traced, so the stacked weights stay abstract
+        model = nnx.eval_shape(models.stack_layers, model)
     optimizer, schedule = optim.make_optimizer(
         learning_rate=train_cfg.learning_rate, total_steps=1000,
         warmup_steps=min(train_cfg.warmup_steps, 999), weight_decay=train_cfg.weight_decay,

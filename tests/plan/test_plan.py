@@ -108,3 +108,42 @@ def test_oversized_align_step_is_refused_in_one_line(name, tmp_path):
     plan = json.loads(out.read_text())
     (program,) = plan["programs"]
     assert program["fits"] is False and program["peak_bytes"] > plan["chip"]["usable_bytes"]
+
+
+def test_dpo_benchmark_reports_the_plan_beside_its_measurements():
+    """benchmarks/dpo_step.py --plan-target (what gpu.sh passes on a GPU): the same step compiled
+    for an H100, its predicted peak memory and roofline time next to the measured step."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import dpo_step
+    finally:
+        sys.path.pop(0)
+    result = dpo_step.main(["--model=tiny", "--steps=1", "--batch=2", "--prompt-len=8",
+                            "--completion-len=8", "--plan-target=gpu:h100:1x1x1"])
+    assert result["plan_target"] == "gpu:h100:1x1x1"
+    assert result["plan_peak_mb"] > 0 and 0 < result["plan_roofline_step_s"] < result["step_s"]
+
+
+def test_scale_presets_validate_and_the_tiny_one_fits_v5e_4():
+    """configs/scale.py: every MODEL,TARGET preset validates on its target's device count; the
+    tiny preset (the same settings on tiny models) compiles and fits, every program."""
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import scale
+    finally:
+        sys.path.pop(0)
+    from cwpo_jax.stages.config import validate
+    for model in scale.STUDENTS:
+        for name in scale.TARGETS:
+            if (name == "v5e-4") != (model == "tiny"):
+                continue
+            cfg = scale.get_config(f"{model},{name}")
+            cfg.output_dir, cfg.data.path, cfg.evaluate.gold_judge = "x", "x.jsonl", "none"
+            validate(cfg, num_devices=targets.parse_target(scale.TARGETS[name]).num_devices)
+    cfg = scale.get_config("tiny,v5e-4")
+    target = targets.parse_target("v5e-4")
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+                              devices=targets.devices(target))
+    programs = pipeline.plan_programs(cfg, mesh, log=lambda _: None)
+    rows = report.rows(programs, target)
+    assert len(rows) == 6 and all(r.fits for r in rows), report.table(target, rows)
