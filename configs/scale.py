@@ -11,7 +11,7 @@ paper (docs/method.md), sequences of 512 tokens. Every train step runs its layer
 scan (compile time does not grow with depth), in bf16 with fp32 master weights, and recomputes
 each layer in the backward pass (remat=full): without it, a 7-8B model's activations at batch
 32 x 512 do not fit a 16 GiB v5e chip. Where full fine-tuning of the student does not fit the
-slice (v5e-8, v6e-8 for 7-8B; 70B below v5p-64), the SFT stage is off and the student is its
+slice (v5e-8 for 7-8B; 70B on v5e-64 and 8 x H200), the SFT stage is off and the student is its
 instruct release, which then is the reference model (sft.enabled=False).
 Data: set data.path / data.format / evaluate.gold_judge for your run, as configs/paper.py does.
 """
@@ -32,8 +32,8 @@ TARGETS = {"v5e-4": "v5e-4", "v5e-8": "v5e-8", "v5e-64": "v5e-64", "v5p-16": "v5
            "h200x8": "gpu:h200:1x1x8"}
 SFT_FITS = {
     "llama3_1b": set(TARGETS),
-    "qwen2p5_7b": {"v5e-64", "v5p-16", "v5p-64", "h100x8", "h200x8"},
-    "llama3_8b": {"v5e-64", "v5p-16", "v5p-64", "h100x8", "h200x8"},
+    "qwen2p5_7b": {"v5e-64", "v5p-16", "v5p-64", "v6e-8", "h100x8", "h200x8"},
+    "llama3_8b": {"v5e-64", "v5p-16", "v5p-64", "v6e-8", "h100x8", "h200x8"},
     "llama3_70b": {"v5p-64"},
     "tiny": set(TARGETS),
 }

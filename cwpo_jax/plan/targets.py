@@ -173,6 +173,9 @@ def devices(target: Target) -> list:
     try:
         if target.chip.platform == "tpu":
             kw = {"chip_config_name": "megacore"} if target.chip.name == "v4" else {}
+            dims = [int(x) for x in target.topology.split("x")]
+            if math.prod(dims) < 4:  # smaller than libtpu's default host (2x2x1): one host
+                kw["chips_per_host_bounds"] = (dims + [1, 1])[:3]
             topo = topologies.get_topology_desc(
                 platform="tpu", topology_name=f"{target.chip.name}:{target.topology}",
                 num_slices=target.num_slices, **kw)

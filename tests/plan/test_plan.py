@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("v5p-8", "tpu:v5p:2x2x1", 4),  # v5p-N counts TensorCores: 8 cores = 4 chips
     ("v5p-16", "tpu:v5p:2x2x2", 8),
     ("v5p-64", "tpu:v5p:2x4x4", 32),
+    ("v5e-1", "tpu:v5e:1x1", 1),
     ("gpu:h100:1x1x8", "gpu:h100:1x1x8", 8),
     ("gpu:h200:2x1x8", "gpu:h200:2x1x8", 16),
 ])
