@@ -232,12 +232,13 @@ def test_heldout_pairs_are_spread_over_prompts():
     assert spread_over_prompts(keys, 5) == [0, 1, 3, 4, 5]  # then the second ones, in order
 
 
-def test_kl_rows_hold_each_policys_first_sample_and_an_empty_second_response():
+def test_kl_rows_hold_every_nonempty_sample_and_an_empty_second_response():
     from cwpo_jax.stages.movement import _sample_pairs
     prompts = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}],
                [{"role": "user", "content": "c"}]]
     texts = ["a0", "a1", "", "b1", "c0", "c1"]  # two samples per prompt, prompt-major
-    pairs = _sample_pairs(prompts, texts, 2)
+    pairs, rows = _sample_pairs(prompts, texts, 2)
     assert [(p.prompt[0]["content"], p.chosen, p.rejected) for p in pairs] == [
-        ("a", "a0", ""), ("c", "c0", "")]  # prompt b's first sample is empty: no KL row
-    assert len({p.id for p in pairs}) == 2
+        ("a", "a0", ""), ("a", "a1", ""), ("b", "b1", ""), ("c", "c0", ""), ("c", "c1", "")]
+    assert rows == [0, 1, 3, 4, 5]  # the empty sample (prompt b's first) has no KL row
+    assert len({p.id for p in pairs}) == 5

@@ -114,7 +114,8 @@ def _write_samples(tmp_path, n, tag):
 
     prompts = [({"role": "user", "content": f"q{i}"},) for i in range(n)]
     evaluate._write_samples(cfg_for(tmp_path), "weak", prompts, [f"{tag}{i}" for i in range(n)],
-                            np.arange(n, dtype=float))
+                            np.arange(n, dtype=float), 1, {"length": np.ones(n)},
+                            np.zeros(n, bool))
     return str(tmp_path / "eval" / "samples_weak.jsonl")
 
 
