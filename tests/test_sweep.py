@@ -72,6 +72,16 @@ def test_aggregate_holds_means_and_sds_of_the_runs(tiny_sweep):
         assert m["sd"] == pytest.approx(np.std(gra, ddof=1))
         assert m["ci_low"] <= m["gra"] <= m["ci_high"] and m["seeds"] == 2
         assert [r["gra"] for r in m["runs"]] == gra
+        gated = [r["methods"][name]["gated_gra"] for r in runs]  # degenerate = worst sample
+        assert m["gated_gra"] == pytest.approx(np.mean(gated))
+        assert m["gated_sd"] == pytest.approx(np.std(gated, ddof=1))
+        assert m["gated_ci_low"] <= m["gated_gra"] <= m["gated_ci_high"]
+    assert saved["differences_gated"]
+    for key, d in saved["differences_gated"].items():
+        a, b = key.split("-")
+        per_seed = [r["methods"][a]["gated_gra"] - r["methods"][b]["gated_gra"] for r in runs]
+        assert d["per_seed"] == pytest.approx(per_seed)
+        assert d["diff"] == pytest.approx(np.mean(per_seed))
     for key in ("accuracy_vs_human", "accuracy_vs_gold"):
         assert saved["annotator"][key] == pytest.approx(
             np.mean([r["annotator"][key] for r in runs]))
@@ -81,6 +91,8 @@ def test_aggregate_holds_means_and_sds_of_the_runs(tiny_sweep):
         table = f.read()
     assert "| method | 30% labels |" in table  # methods as rows, fractions as columns
     assert f"| human | {100 * saved['methods']['human']['gra']:.1f} ± " in table
+    assert f"| human, gated (mean) | {100 * saved['methods']['human']['gated_gra']:.1f} |" in table
+    assert "The same, gated" in table
     assert os.path.exists(os.path.join(cfg.output_dir, "plots", "gra.png"))
 
 
@@ -141,6 +153,8 @@ def test_aggregate_groups_by_fraction_and_keeps_one_seed_bootstrap():
     assert low["labelled_fraction"] == 0.2 and low["seeds"] == [0]
     assert low["methods"]["a"]["sd"] is None
     assert (low["methods"]["a"]["ci_low"], low["methods"]["a"]["ci_high"]) == (0.3, 0.62)
+    # runs without gated GRA (results of earlier code) aggregate without it
+    assert "gated_gra" not in out["methods"]["a"] and out["differences_gated"] == {}
     table = sweep.markdown({**out, "config": {"sft": {"model": "s"}, "annotator": {"model": "w"},
                                               "align": {"loss": "dpo", "beta": 0.5}}})
     assert "| a | 50.0 ± 10.0 (3 seeds) | 45.0 (1 seed) |" in table

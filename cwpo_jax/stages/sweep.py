@@ -1,6 +1,7 @@
 """Aggregate a sweep (config sweep.runs: one full pipeline run per (labelled_fraction, seed)).
 
-Per labelled fraction and method: GRA mean over seeds, sample sd and a Student-t 95% interval of
+Per labelled fraction and method: GRA (and gated GRA, and the paired differences of both) mean
+over seeds, sample sd and a Student-t 95% interval of
 the mean over seeds (runs are the independent units: each seed draws its own splits, simulated
 rater labels, annotator head and batch order, LoRA init and dropout, and evaluation samples); a
 fraction run with one seed keeps that run's bootstrap interval over prompts instead. The first
@@ -35,10 +36,22 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _gated_summary(per_run: list[dict]) -> dict:
+    """Gated GRA (a degenerate sample counts as the worst) over seeds, as GRA is; {} when a run
+    has none."""
+    if not all("gated_gra" in m for m in per_run):
+        return {}
+    stats = seed_interval([m["gated_gra"] for m in per_run])
+    if stats["n"] == 1:
+        return {k: per_run[0][k] for k in ("gated_gra", "gated_ci_low", "gated_ci_high")}
+    return {"gated_gra": stats["mean"], "gated_sd": stats["sd"], "gated_ci_low": stats["ci_low"],
+            "gated_ci_high": stats["ci_high"]}
+
+
 def _method_summary(per_run: list[dict], seeds: list[int]) -> dict:
     stats = seed_interval([m["gra"] for m in per_run])
     one = stats["n"] == 1
-    return {"gra": stats["mean"], "sd": stats["sd"],
+    return {"gra": stats["mean"], "sd": stats["sd"], **_gated_summary(per_run),
             "ci_low": per_run[0]["ci_low"] if one else stats["ci_low"],
             "ci_high": per_run[0]["ci_high"] if one else stats["ci_high"],
             "interval": BOOTSTRAP if one else T_INTERVAL, "seeds": stats["n"],
@@ -58,17 +71,20 @@ def _annotator_summary(per_run: list[dict], seeds: list[int]) -> dict:
     return out
 
 
-def _differences(group: list[dict]) -> dict:
-    """Per difference "A-B" of methods.DIFFERENCES: the mean over seeds of the per-seed GRA
-    differences with a Student-t interval (a single seed keeps its paired bootstrap)."""
+def _differences(group: list[dict], key: str = "gra", source: str = "differences") -> dict:
+    """Per difference "A-B" of methods.DIFFERENCES: the mean over seeds of the per-seed
+    differences of `key` (GRA, or gated GRA with source "differences_gated") with a Student-t
+    interval (a single seed keeps its paired bootstrap)."""
     out = {}
     for a, b in DIFFERENCES:
         if not all(a in r["methods"] and b in r["methods"] for r in group):
             continue
-        per_seed = [r["methods"][a]["gra"] - r["methods"][b]["gra"] for r in group]
+        if not all(key in r["methods"][m] for r in group for m in (a, b)):
+            continue
+        per_seed = [r["methods"][a][key] - r["methods"][b][key] for r in group]
         stats = seed_interval(per_seed)
         if stats["n"] == 1:
-            out[f"{a}-{b}"] = {**group[0]["differences"][f"{a}-{b}"], "per_seed": per_seed}
+            out[f"{a}-{b}"] = {**group[0][source][f"{a}-{b}"], "per_seed": per_seed}
         else:
             out[f"{a}-{b}"] = {"diff": stats["mean"], "sd": stats["sd"], "ci_low": stats["ci_low"],
                                "ci_high": stats["ci_high"], "n": stats["n"],
@@ -97,6 +113,9 @@ def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
                         for name in group[0][1]["methods"]},
             "annotator": _annotator_summary([r["annotator"] for _, r in group], seeds),
             "differences": _differences([r for _, r in group]),
+            "differences_gated": _differences([r for _, r in group], "gated_gra",
+                                              "differences_gated")
+            if all("differences_gated" in r for _, r in group) else {},
             "label_quality": _label_quality([r for _, r in group]),
             "reference": {"mean_gold": float(np.mean([r["reference"]["mean_gold"]
                                                       for _, r in group])),
@@ -104,7 +123,8 @@ def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
                           "samples_per_prompt": group[0][1]["reference"]["samples_per_prompt"]}})
     main = by_fraction[0]
     return {"methods": main["methods"], "annotator": main["annotator"],
-            "differences": main["differences"], "label_quality": main["label_quality"],
+            "differences": main["differences"], "differences_gated": main["differences_gated"],
+            "label_quality": main["label_quality"],
             "reference": main["reference"], "labelled_fraction": main["labelled_fraction"],
             "gold_judge": runs[0][2]["gold_judge"], "config": config,
             "sweep": {"fractions": by_fraction,
@@ -138,6 +158,10 @@ def markdown(summary: dict) -> str:
     for name in names:
         lines.append(f"| {name} | " + " | ".join(cell(f["methods"][name]) for f in fractions)
                      + " |")
+    if all("gated_gra" in f["methods"][n] for f in fractions for n in names):
+        for name in names:
+            lines.append(f"| {name}, gated (mean) | " + " | ".join(
+                pct(f["methods"][name]["gated_gra"]) for f in fractions) + " |")
     for key, label in (("accuracy_vs_human", "annotator accuracy vs human labels"),
                        ("accuracy_vs_gold", "annotator accuracy vs gold"),
                        ("top_fraction_gold_accuracy", "annotator's most confident labels vs gold"),
@@ -156,10 +180,14 @@ def markdown(summary: dict) -> str:
             for m in (f["methods"][name] for f in fractions)) + " |")
     for f in fractions:
         label = f"{100 * f['labelled_fraction']:g}% labels, {len(f['seeds'])} seed(s)"
+        interval = T_INTERVAL if len(f["seeds"]) > 1 else BOOTSTRAP
         if f["differences"]:
-            interval = T_INTERVAL if len(f["seeds"]) > 1 else BOOTSTRAP
             lines += ["", f"Paired GRA differences, {label}:", ""]
             lines += differences_markdown(f["differences"], interval)
+        if f.get("differences_gated"):
+            lines += ["", f"The same, gated (a degenerate sample counts as the worst), {label}:",
+                      ""]
+            lines += differences_markdown(f["differences_gated"], interval)
         if f["label_quality"]:
             lines += ["", f"Label quality by gold before training, {label} (mean over seeds):",
                       ""]
