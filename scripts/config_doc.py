@@ -164,6 +164,8 @@ MEANINGS = {
     "train.scan_layers": "Llama family: layers under one `lax.scan` (one layer compiled).",
     "train.remat": "Backward-pass activations: `none` keeps them, `full` recomputes each layer, "
                    "`dots` keeps the matmul outputs.",
+    "train.frozen_dtype": "Weights the stage does not train (LoRA's base, a frozen backbone): "
+                          "`bfloat16` holds them in half the memory (rounded once).",
     "train.log_every": "Steps between metric records (metrics.jsonl, TensorBoard).",
     "train.save_every": "Steps between checkpoints; 0 = only at the end.",
     "train.keep_checkpoints": "Checkpoints kept.",

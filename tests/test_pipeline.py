@@ -257,6 +257,31 @@ def test_align_from_cached_frozen_layers_equals_running_them(tiny_run, tmp_path,
     np.testing.assert_allclose(losses[4.0], losses[0.0], rtol=1e-4)
 
 
+def test_lora_base_held_in_bfloat16_trains_like_float32(tiny_run, tmp_path):
+    """align.train.frozen_dtype=bfloat16: LoRA's frozen base is held in bf16 during training
+    (half its memory); the losses follow the float32 run's to bf16 rounding and the exported
+    model is float32 again."""
+    cfg, _ = tiny_run
+    losses = {}
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        out.mkdir()
+        for stage in ("data", "annotator", "score", "sft", "init", "refcache"):
+            if os.path.exists(os.path.join(cfg.output_dir, stage)):
+                os.symlink(os.path.join(cfg.output_dir, stage), out / stage)
+        run_cfg = tiny_config(out, **{"align.lora_rank": 4})
+        run_cfg.align.train.frozen_dtype = dtype
+        run_cfg.align.train.log_every = 1
+        align.run_method(run_cfg, "gold")
+        with open(out / "align" / "gold" / "metrics.jsonl") as f:
+            losses[dtype] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert len(losses["bfloat16"]) > 1 and losses["bfloat16"] != losses["float32"]
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2, atol=1e-3)
+    from safetensors.numpy import load_file
+    saved = load_file(str(tmp_path / "bfloat16" / "align" / "gold" / "model" / "model.safetensors"))
+    assert {str(v.dtype) for v in saved.values()} == {"float32"}
+
+
 def test_stages_read_their_token_ids_from_the_run_folders_stores(tiny_run, tmp_path,
                                                                  monkeypatch):
     """Each tokenising stage left one complete store under tokens/ (align's methods share the

@@ -181,6 +181,10 @@ def train_step(name: str, label: str, model, task, train_cfg, mesh: Mesh, batch:
         warmup_steps=min(train_cfg.warmup_steps, 999), weight_decay=train_cfg.weight_decay,
         grad_clip=train_cfg.grad_clip, schedule=train_cfg.schedule)
     parts = split_model(model, trainable)
+    if train_cfg.frozen_dtype == "bfloat16":  # as train/fit.py holds them
+        parts = parts._replace(frozen=jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)
+            if jnp.issubdtype(x.dtype, jnp.floating) else x, parts.frozen))
     param_sh = variable_shardings(parts.params, mesh)
     frozen_sh = variable_shardings(parts.frozen, mesh)
     params = _abstract(parts.params, param_sh)

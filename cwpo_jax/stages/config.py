@@ -232,6 +232,8 @@ def _check_train(t, field, check) -> None:
     check(t.epochs > 0 or t.max_steps > 0, f"{field}.epochs", "epochs or max_steps must be > 0")
     check(t.compute_dtype in ("float32", "bfloat16"), f"{field}.compute_dtype",
           f"{t.compute_dtype!r} is not float32 or bfloat16")
+    check(t.frozen_dtype in ("float32", "bfloat16"), f"{field}.frozen_dtype",
+          f"{t.frozen_dtype!r} is not float32 or bfloat16")
     check(t.remat in REMAT_POLICIES, f"{field}.remat",
           f"{t.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     check(t.schedule in ("cosine", "constant"), f"{field}.schedule",

@@ -22,6 +22,9 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     # Activation memory of the backward pass: "none" keeps every layer's activations, "full"
     # recomputes each layer from its input, "dots" keeps only the matmul outputs.
     c.remat = "none"
+    # Weights the stage does not train (LoRA's base model, a frozen annotator backbone):
+    # "bfloat16" holds them in half the memory; the trained weights keep float32 masters.
+    c.frozen_dtype = "float32"
     c.log_every = 10
     c.save_every = 500
     c.keep_checkpoints = 2

@@ -16,7 +16,7 @@ from cwpo_jax.train.feeder import train_batches
 from cwpo_jax.train.flops import count_params, mesh_peak_flops
 from cwpo_jax.train.hosts import log
 from cwpo_jax.train.metrics import MetricsLogger
-from cwpo_jax.train.state import init_train_state, split_model
+from cwpo_jax.train.state import cast_floats, init_train_state, split_model
 
 
 def total_steps(train_cfg, num_items: int) -> int:
@@ -43,6 +43,8 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
         warmup_steps=train_cfg.warmup_steps, weight_decay=train_cfg.weight_decay,
         grad_clip=train_cfg.grad_clip, schedule=train_cfg.schedule)
     parts = split_model(model, trainable)
+    if train_cfg.frozen_dtype == "bfloat16":  # LoRA's base, a frozen backbone: half the memory
+        parts = parts._replace(frozen=cast_floats(parts.frozen, jnp.bfloat16))
     state, frozen, state_sh, frozen_sh = init_train_state(parts, optimizer, mesh)
     compute = jnp.bfloat16 if train_cfg.compute_dtype == "bfloat16" else None
     step_fn = steps.jit_train_step(
@@ -65,5 +67,7 @@ def fit(model, task: Callable, *, lengths: Sequence[int], collate: Callable, tra
     finally:
         logger.close()
         checkpointer.close()
+    if train_cfg.frozen_dtype == "bfloat16":  # the model leaves in its own dtype (values rounded)
+        frozen = cast_floats(frozen, jnp.float32)
     trained = nnx.merge(parts.graphdef, state.params, frozen, state.mutable)
     return models.unstack_layers(trained) if train_cfg.scan_layers else trained

@@ -148,3 +148,19 @@ def test_scale_presets_validate_and_the_tiny_one_fits_v5e_4():
     programs = pipeline.plan_programs(cfg, mesh, log=lambda _: None)
     rows = report.rows(programs, target)
     assert len(rows) == 6 and all(r.fits for r in rows), report.table(target, rows)
+
+
+def test_lora_base_in_bfloat16_halves_the_frozen_weights_of_the_align_step():
+    """align.train.frozen_dtype=bfloat16 as train/fit.py holds it: the compiled step's weights
+    (frozen base + adapters and their moments) shrink by about half the base."""
+    held = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = _tiny_config()
+        cfg.align.lora_rank = 4
+        cfg.align.train.frozen_dtype = dtype
+        (step,) = pipeline.plan_programs(cfg, _mesh("tpu:v5e:2x2", cfg), stages=("align",),
+                                         log=lambda _: None)
+        assert not step.error, step.error
+        held[dtype] = (step.weight_bytes, step.memory["argument"])
+    assert 0.45 < held["bfloat16"][0] / held["float32"][0] < 0.6
+    assert held["bfloat16"][1] < held["float32"][1]

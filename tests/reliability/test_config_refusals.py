@@ -68,6 +68,8 @@ CASES = [
     ({"output_dir": ""}, "output_dir: is required"),
     ({"output_dir": "gs://bucket/run1"}, "output_dir: 'gs://bucket/run1' is an object-store URL"),
     ({"sft.train.remat": "some"}, "sft.train.remat: 'some' is not one of none, full, dots"),
+    ({"align.train.frozen_dtype": "fp8"},
+     "align.train.frozen_dtype: 'fp8' is not float32 or bfloat16"),
     # devices (8 host devices in these tests)
     ({"mesh.data": 16}, "mesh: 16 devices requested, 8 present"),
     ({"mesh.data": 4, "mesh.fsdp": 2, "mesh.tensor": 2}, "mesh: 16 devices requested, 8 present"),
