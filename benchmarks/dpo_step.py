@@ -194,12 +194,13 @@ def plan_prediction(target_name: str, step_fn, args, shardings, *, flops: float)
         target_name = f"gpu:{chip}:1x1x1"
     target = targets.parse_target(target_name)
     plan_mesh = sharding.make_mesh(1, 1, 1, devices=targets.devices(target)[:1])
-    moved = jax.tree.map(lambda s: NamedSharding(plan_mesh, s.spec), shardings)
-    state, frozen, batch = (jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
-        for tree, sh in zip(args, (*moved, jax.tree.map(
-            lambda x: NamedSharding(plan_mesh, x.sharding.spec), args[2]))))
-    jitted = steps.jit_train_step(step_fn, plan_mesh, *moved)
+    # The same specs on the target's device: the state's shardings, and the batch's own.
+    state_sh, frozen_sh, batch_sh = (
+        jax.tree.map(lambda s: NamedSharding(plan_mesh, s.spec), sh)
+        for sh in (*shardings, jax.tree.map(lambda x: x.sharding, args[2])))
+    state, frozen, batch = (programs._abstract(tree, sh) for tree, sh in
+                            zip(args, (state_sh, frozen_sh, batch_sh)))
+    jitted = steps.jit_train_step(step_fn, plan_mesh, state_sh, frozen_sh)
     program = programs.compile_lowered(
         programs.Program("train step", "benchmark", tokens=0, flops=flops, devices=1),
         lambda: jitted.lower(state, frozen, batch))

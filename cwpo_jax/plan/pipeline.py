@@ -16,7 +16,8 @@ from cwpo_jax import models, sharding
 from cwpo_jax.data import batching
 from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 from cwpo_jax.plan import programs
-from cwpo_jax.stages import pair_passes
+from cwpo_jax.stages import common, pair_passes
+from cwpo_jax.stages.pair_passes import _round_up
 from cwpo_jax.stages.align import alignment_task
 from cwpo_jax.train import feeder, tasks
 from cwpo_jax.train.flops import matmul_params, train_flops_per_token
@@ -28,19 +29,11 @@ def _ids(n: int) -> np.ndarray:
     return np.ones(n, np.int32)  # placeholder token ids: only shapes matter
 
 
-def _round8(n: int) -> int:
-    return -(-n // 8) * 8
-
-
-def buckets(cfg) -> tuple[int, ...]:
-    return batching.default_buckets(cfg.data.max_len)
-
-
 def padded_pair_batch(cfg, pairs: int) -> dict:
     p = cfg.data.max_prompt_len
     item = TokenizedPair(_ids(p), _ids(cfg.data.max_len - p), _ids(cfg.data.max_len - p))
     batch = batching.collate_pairs([item] * pairs, range(pairs), batch_size=pairs,
-                                   buckets=buckets(cfg), pad_id=0)
+                                   buckets=common.buckets(cfg), pad_id=0)
     return feeder.add_valid(batch)
 
 
@@ -49,7 +42,8 @@ def packed_pair_batch(cfg, pairs: int) -> dict:
     item = TokenizedPair(_ids(1), _ids(r), _ids(r))
     batch = batching.collate_packed_pairs(
         [item] * pairs, range(pairs), batch_size=pairs,
-        buckets=batching.default_buckets(_round8(1 + 2 * r)), response_len=_round8(r), pad_id=0)
+        buckets=batching.default_buckets(_round_up(1 + 2 * r, 8)), response_len=_round_up(r, 8),
+        pad_id=0)
     return feeder.add_valid(batch)
 
 
@@ -65,7 +59,7 @@ def sequence_batch(cfg, rows: int) -> dict:
     p = cfg.data.max_prompt_len
     item = TokenizedSequence(_ids(p), _ids(cfg.data.max_len - p))
     batch = batching.collate_sequences([item] * rows, range(rows), batch_size=rows,
-                                       buckets=buckets(cfg), pad_id=0)
+                                       buckets=common.buckets(cfg), pad_id=0)
     return feeder.add_valid(batch)
 
 
@@ -91,10 +85,6 @@ def pair_flops_per_token(model, batch: dict, *, train: bool, frozen_weights: boo
     if "response_ids" not in batch:
         return full
     return body + (full - body) * np.asarray(batch["response_ids"]).size / slots(batch)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
 
 
 def plan_programs(cfg, mesh, *, stages=STAGES, log=print) -> list[programs.Program]:
@@ -178,7 +168,7 @@ def plan_programs(cfg, mesh, *, stages=STAGES, log=print) -> list[programs.Progr
         e = cfg.evaluate
         item = TokenizedSequence(_ids(cfg.data.max_prompt_len), _ids(0))
         prompts = batching.collate_prompts([item] * e.batch_size, range(e.batch_size),
-                                           batch_size=e.batch_size, buckets=buckets(cfg),
+                                           batch_size=e.batch_size, buckets=common.buckets(cfg),
                                            pad_id=0)
         eos = model.config.eos_token_id
         eos = tuple(eos) if isinstance(eos, (tuple, list)) else ((eos,) if eos is not None else ())

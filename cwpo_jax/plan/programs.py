@@ -42,6 +42,7 @@ class Program:
     flops: float  # analytic model FLOPs per call, all devices together
     devices: int  # devices the program runs on
     weight_bytes: float = 0.0  # per device: parameters (and optimizer moments) read per call
+    weight_reads: int = 1  # how often a call reads them (the sampler: once per token step)
     memory: dict = dataclasses.field(default_factory=dict)
     xla_flops: float | None = None  # per device, XLA's cost analysis (TPU)
     xla_bytes: float | None = None  # per device, bytes accessed (TPU)
@@ -246,6 +247,7 @@ def sampler(name: str, label: str, model, mesh: Mesh, prompts: dict, *,
     program = Program(name, label, tokens=b * (p + max_new_tokens),
                       flops=2.0 * n * b * (p + max_new_tokens), devices=mesh.devices.size,
                       weight_bytes=_param_bytes(state, mesh, state_sh),
+                      weight_reads=1 + max_new_tokens,
                       note=f"{b} prompts x ({p} + {max_new_tokens} new tokens), prompts on "
                            "every device")
     rep = sharding.replicated(mesh)

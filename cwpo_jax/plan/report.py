@@ -57,9 +57,8 @@ def roofline(program: Program, target: Target) -> tuple[float, str]:
     optimizer moments) each call must read, per generated token for the sampler."""
     chip = target.chip
     flops = program.flops / program.devices
-    if program.name == "sampler":  # each decode step reads every weight once
-        new = int(re.search(r"\+ (\d+) new", program.note).group(1))
-        bytes_ = program.weight_bytes * (1 + new)
+    if program.weight_reads > 1:  # the sampler: every decode step reads every weight
+        bytes_ = program.weight_bytes * program.weight_reads
     else:
         bytes_ = program.xla_bytes if program.xla_bytes else program.weight_bytes
     compute_s, memory_s = flops / chip.peak_bf16_flops, bytes_ / chip.memory_bandwidth

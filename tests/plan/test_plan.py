@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from cwpo_jax import sharding
 from cwpo_jax.plan import pipeline, report, targets
@@ -71,8 +73,7 @@ def test_tiny_llama_programs_compile_sharded_with_a_memory_report(name):
     assert align.devices == 2
     # fsdp=2 holds half of every matrix (and its two Adam moments) on each device.
     _, model = pipeline.programs.abstract_model(cfg.sft.model)
-    total = sum(np.prod(x.shape) * 4 for x in
-                __import__("jax").tree.leaves(__import__("flax").nnx.state(model)))
+    total = sum(np.prod(x.shape) * 4 for x in jax.tree.leaves(nnx.state(model)))
     assert align.weight_bytes < 0.65 * 3 * total
     rows = report.rows(programs, target)
     assert all(r.fits and r.step_s > 0 and r.tokens_per_s_chip > 0 for r in rows)
