@@ -93,6 +93,14 @@ def test_aggregate_holds_means_and_sds_of_the_runs(tiny_sweep):
     assert f"| human | {100 * saved['methods']['human']['gra']:.1f} ± " in table
     assert f"| human, gated (mean) | {100 * saved['methods']['human']['gated_gra']:.1f} |" in table
     assert "The same, gated" in table
+    for name, m in [*saved["methods"].items(), ("reference", saved["reference"])]:
+        per_run = [(r["methods"][name] if name != "reference" else r["reference"])["degeneration"]
+                   for r in runs]
+        for key in ("nll", "distinct_1", "repeat_rate", "nonword_share", "degenerate_share"):
+            assert m["degeneration"][key] == pytest.approx(np.mean([d[key] for d in per_run]))
+    assert "Degeneration of the evaluation samples, 30% labels, 2 seed(s)" in table
+    share = saved["methods"]["human"]["degeneration"]["degenerate_share"]
+    assert re.search(rf"\| human \|.*\| {100 * share:.1f} \|", table)
     assert os.path.exists(os.path.join(cfg.output_dir, "plots", "gra.png"))
 
 
@@ -155,6 +163,7 @@ def test_aggregate_groups_by_fraction_and_keeps_one_seed_bootstrap():
     assert (low["methods"]["a"]["ci_low"], low["methods"]["a"]["ci_high"]) == (0.3, 0.62)
     # runs without gated GRA (results of earlier code) aggregate without it
     assert "gated_gra" not in out["methods"]["a"] and out["differences_gated"] == {}
+    assert "degeneration" not in out["methods"]["a"] and "degeneration" not in out["reference"]
     table = sweep.markdown({**out, "config": {"sft": {"model": "s"}, "annotator": {"model": "w"},
                                               "align": {"loss": "dpo", "beta": 0.5}}})
     assert "| a | 50.0 ± 10.0 (3 seeds) | 45.0 (1 seed) |" in table

@@ -1,12 +1,13 @@
 """Aggregate a sweep (config sweep.runs: one full pipeline run per (labelled_fraction, seed)).
 
 Per labelled fraction and method: GRA (and gated GRA, and the paired differences of both) mean
-over seeds, sample sd and a Student-t 95% interval of
-the mean over seeds (runs are the independent units: each seed draws its own splits, simulated
-rater labels, annotator head and batch order, LoRA init and dropout, and evaluation samples); a
-fraction run with one seed keeps that run's bootstrap interval over prompts instead. The first
-fraction of the sweep is the main one: its numbers fill the top-level "methods", "annotator" and
-"reference" keys of results.json, as in a single run; "sweep" holds every fraction and run.
+over seeds, sample sd and a Student-t 95% interval of the mean over seeds (runs are the
+independent units: each seed draws its own splits, simulated rater labels, annotator head and
+batch order, LoRA init and dropout, and evaluation samples); a fraction run with one seed keeps
+that run's bootstrap interval over prompts instead. The degeneration metrics of every model's
+samples: each metric's mean over seeds. The first fraction of the sweep is the main one: its
+numbers fill the top-level "methods", "annotator" and "reference" keys of results.json, as in a
+single run; "sweep" holds every fraction and run.
 """
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from cwpo_jax.io_utils import atomic_open, write_json
 from cwpo_jax.stages import run_folder
 from cwpo_jax.stages.config import run_name
 from cwpo_jax.stages.methods import DIFFERENCES
-from cwpo_jax.stages.tables import differences_markdown, label_quality_markdown, pct
+from cwpo_jax.stages.tables import (
+    degeneration_table,
+    differences_markdown,
+    label_quality_markdown,
+    pct,
+)
 from cwpo_jax.train.hosts import log
 
 T_INTERVAL = "95% Student-t interval of the mean over seeds"
@@ -48,10 +54,20 @@ def _gated_summary(per_run: list[dict]) -> dict:
             "gated_ci_high": stats["ci_high"]}
 
 
+def _degeneration(per_run: list[dict]) -> dict:
+    """{"degeneration": each metric's mean over seeds} (a metric a run lacks is left out of its
+    mean); {} when a run has no degeneration metrics (results of earlier code)."""
+    if not all(m.get("degeneration") for m in per_run):
+        return {}
+    return {"degeneration": {k: _mean([m["degeneration"].get(k) for m in per_run])
+                             for k in per_run[0]["degeneration"]}}
+
+
 def _method_summary(per_run: list[dict], seeds: list[int]) -> dict:
     stats = seed_interval([m["gra"] for m in per_run])
     one = stats["n"] == 1
     return {"gra": stats["mean"], "sd": stats["sd"], **_gated_summary(per_run),
+            **_degeneration(per_run),
             "ci_low": per_run[0]["ci_low"] if one else stats["ci_low"],
             "ci_high": per_run[0]["ci_high"] if one else stats["ci_high"],
             "interval": BOOTSTRAP if one else T_INTERVAL, "seeds": stats["n"],
@@ -120,7 +136,8 @@ def aggregate(runs: list[tuple[float, int, dict]], config: dict) -> dict:
             "reference": {"mean_gold": float(np.mean([r["reference"]["mean_gold"]
                                                       for _, r in group])),
                           "prompts": group[0][1]["reference"]["prompts"],
-                          "samples_per_prompt": group[0][1]["reference"]["samples_per_prompt"]}})
+                          "samples_per_prompt": group[0][1]["reference"]["samples_per_prompt"],
+                          **_degeneration([r["reference"] for _, r in group])}})
     main = by_fraction[0]
     return {"methods": main["methods"], "annotator": main["annotator"],
             "differences": main["differences"], "differences_gated": main["differences_gated"],
@@ -188,6 +205,12 @@ def markdown(summary: dict) -> str:
             lines += ["", f"The same, gated (a degenerate sample counts as the worst), {label}:",
                       ""]
             lines += differences_markdown(f["differences_gated"], interval)
+        if all("degeneration" in m for m in (*f["methods"].values(), f["reference"])):
+            lines += ["", f"Degeneration of the evaluation samples, {label} (each metric's mean "
+                      "over seeds; degenerate: beyond each run's thresholds from its reference "
+                      "samples):", ""]
+            lines += degeneration_table([(n, m["degeneration"]) for n, m in f["methods"].items()]
+                                        + [("reference (SFT)", f["reference"]["degeneration"])])
         if f["label_quality"]:
             lines += ["", f"Label quality by gold before training, {label} (mean over seeds):",
                       ""]

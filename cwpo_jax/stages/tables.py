@@ -47,21 +47,27 @@ def annotator_markdown(a: dict) -> list[str]:
     return lines
 
 
-def degeneration_markdown(results: dict) -> list[str]:
-    gate = results["degeneration_gate"]
-    t = gate["thresholds"]
-    lines = ["Degeneration of the evaluation samples (means over samples; distinct-n over all of "
-             "a model's samples; NLL per token under the reference):", "",
-             "| model | NLL/token | distinct-1 | distinct-2 | repeat rate | non-word share | "
+def degeneration_table(rows: list[tuple[str, dict]]) -> list[str]:
+    """One row per (model, its degeneration summary): the metrics of degeneration.summary."""
+    lines = ["| model | NLL/token | distinct-1 | distinct-2 | repeat rate | non-word share | "
              "length (words) | positive-word density | degenerate (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    rows = [(n, m["degeneration"]) for n, m in results["methods"].items()]
-    rows.append(("reference (SFT)", results["reference"]["degeneration"]))
     for name, d in rows:
         lines.append(f"| {name} | {num(d['nll'], '.2f')} | {num(d['distinct_1'], '.2f')} | "
                      f"{num(d['distinct_2'], '.2f')} | {num(d['repeat_rate'], '.2f')} | "
                      f"{num(d['nonword_share'], '.2f')} | {num(d['length'], '.1f')} | "
                      f"{num(d['positive_density'], '.2f')} | {pct(d['degenerate_share'])} |")
+    return lines
+
+
+def degeneration_markdown(results: dict) -> list[str]:
+    gate = results["degeneration_gate"]
+    t = gate["thresholds"]
+    rows = [(n, m["degeneration"]) for n, m in results["methods"].items()]
+    rows.append(("reference (SFT)", results["reference"]["degeneration"]))
+    lines = ["Degeneration of the evaluation samples (means over samples; distinct-n over all of "
+             "a model's samples; NLL per token under the reference):", ""]
+    lines += degeneration_table(rows)
     lines += ["", f"Degenerate: beyond the reference samples' {100 * gate['quantile']:g}% "
                   f"quantile (the {100 * (1 - gate['quantile']):g}% one for length) of NLL/token "
                   f"({num(t['nll'], '.2f')}), repeat rate ({num(t['repeat_rate'], '.2f')}), "
