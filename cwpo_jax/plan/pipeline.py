@@ -17,7 +17,7 @@ from cwpo_jax.data import batching
 from cwpo_jax.data.tokenize import TokenizedPair, TokenizedSequence
 from cwpo_jax.plan import programs
 from cwpo_jax.stages import common, pair_passes
-from cwpo_jax.stages.pair_passes import _round_up
+from cwpo_jax.stages.pair_passes import round_up
 from cwpo_jax.stages.align import alignment_task
 from cwpo_jax.train import feeder, tasks
 from cwpo_jax.train.flops import matmul_params, train_flops_per_token
@@ -42,7 +42,7 @@ def packed_pair_batch(cfg, pairs: int) -> dict:
     item = TokenizedPair(_ids(1), _ids(r), _ids(r))
     batch = batching.collate_packed_pairs(
         [item] * pairs, range(pairs), batch_size=pairs,
-        buckets=batching.default_buckets(_round_up(1 + 2 * r, 8)), response_len=_round_up(r, 8),
+        buckets=batching.default_buckets(round_up(1 + 2 * r, 8)), response_len=round_up(r, 8),
         pad_id=0)
     return feeder.add_valid(batch)
 
@@ -113,7 +113,7 @@ def plan_programs(cfg, mesh, *, stages=STAGES, log=print) -> list[programs.Progr
         if "score" in stages:
             packed = cfg.score.packed and not pair_passes.sliding_window(rm)
             if packed:
-                batch = packed_score_batch(cfg, _round_up(2 * cfg.score.batch_size, divisor))
+                batch = packed_score_batch(cfg, round_up(2 * cfg.score.batch_size, divisor))
                 fn = pair_passes._packed_scores
             else:
                 batch = padded_pair_batch(cfg, cfg.score.batch_size)
@@ -136,7 +136,7 @@ def plan_programs(cfg, mesh, *, stages=STAGES, log=print) -> list[programs.Progr
 
     if "reference" in stages:
         label, model = programs.abstract_model(student, seed=cfg.seed)
-        batch = align_batch(cfg, _round_up(cfg.align.logprob_batch_size, divisor))
+        batch = align_batch(cfg, round_up(cfg.align.logprob_batch_size, divisor))
         fn = functools.partial(pair_passes._logprob_fn, chunk_size=cfg.align.chunk_size)
         add(programs.forward_pass("reference pass", label, model, fn, mesh, batch,
                                   flops_per_token=pair_flops_per_token(

@@ -28,7 +28,7 @@ from cwpo_jax.models.layers import set_remat
 from cwpo_jax.plan.architectures import hf_config
 from cwpo_jax.train import optim, steps
 from cwpo_jax.train.flops import matmul_params
-from cwpo_jax.train.state import TrainState, split_model, variable_shardings
+from cwpo_jax.train.state import TrainState, cast_floats, split_model, variable_shardings
 
 
 @dataclasses.dataclass
@@ -183,9 +183,8 @@ def train_step(name: str, label: str, model, task, train_cfg, mesh: Mesh, batch:
         grad_clip=train_cfg.grad_clip, schedule=train_cfg.schedule)
     parts = split_model(model, trainable)
     if train_cfg.frozen_dtype == "bfloat16":  # as train/fit.py holds them
-        parts = parts._replace(frozen=jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)
-            if jnp.issubdtype(x.dtype, jnp.floating) else x, parts.frozen))
+        parts = parts._replace(frozen=jax.eval_shape(
+            lambda frozen: cast_floats(frozen, jnp.bfloat16), parts.frozen))
     param_sh = variable_shardings(parts.params, mesh)
     frozen_sh = variable_shardings(parts.frozen, mesh)
     params = _abstract(parts.params, param_sh)

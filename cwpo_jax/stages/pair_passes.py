@@ -101,7 +101,7 @@ def _score_packed(cfg, rm, tokenized, tok, name: str):
 # ------------------------------------------------------------------ policy log-probs
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
@@ -137,8 +137,8 @@ def pair_batches(cfg, pool, tok, *, share_prefix: bool = False) -> tuple[Callabl
         lengths = lengths - len(prefix) * shifted
     longest_response = int(np.maximum(chosen, rejected).max(initial=1))
     collate = functools.partial(
-        collate_packed_pairs, buckets=default_buckets(_round_up(int(lengths.max(initial=1)), 8)),
-        response_len=_round_up(longest_response, 8), pad_id=pad_id(tok),
+        collate_packed_pairs, buckets=default_buckets(round_up(int(lengths.max(initial=1)), 8)),
+        response_len=round_up(longest_response, 8), pad_id=pad_id(tok),
         prefix=prefix if len(prefix) else None)
     return collate, lengths
 
